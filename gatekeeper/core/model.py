@@ -1,0 +1,158 @@
+"""The policy as typed, immutable values. No YAML here: `gatekeeper.policy` builds these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from gatekeeper.core.catalog import Purpose
+from gatekeeper.core.facts import Identity
+
+
+class Mode(StrEnum):
+    ENFORCE = "enforce"
+    MONITOR = "monitor"  # every action becomes a dry run: logged and counted, then forwarded
+
+
+class LimitKey(StrEnum):
+    """What a rate-limit bucket is shared by."""
+
+    CRAWLER = "crawler"
+    OPERATOR = "operator"
+    CLIENT_IP = "client_ip"
+    CLIENT_NETWORK = "client_network"  # /24 for IPv4, /64 for IPv6
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """Where a value came from, so errors and `explain` can point at it."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    status: int = 403
+    body: str | None = None  # None: the standard machine-readable body
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    rate: float  # tokens per second
+    burst: int
+    key: LimitKey = LimitKey.CRAWLER
+
+
+@dataclass(frozen=True, slots=True)
+class RequireLicense:
+    any_of: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Monitor:
+    """Log and count the request under this rule, then let it through."""
+
+
+Action = Allow | Block | RateLimit | RequireLicense | Monitor
+
+
+def action_name(action: Action) -> str:
+    """The action's policy keyword; also its metric label."""
+    return _ACTION_NAMES[type(action)]
+
+
+_ACTION_NAMES: dict[type, str] = {
+    Allow: "allow",
+    Block: "block",
+    RateLimit: "rate_limit",
+    RequireLicense: "require_license",
+    Monitor: "monitor",
+}
+
+# A compiled matcher for one string: returns True when it matches. Globs and
+# header patterns are compiled by the loader (linear-time), the core only calls them.
+Matcher = Callable[[str], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """A compiled glob or regex that remembers its source text for `explain`."""
+
+    text: str
+    match: Matcher = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMatch:
+    name: str
+    present: bool = True
+    # When set, the header must be present and its value must match.
+    value: Pattern | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """All given conditions must hold (AND); within one condition any value may (OR).
+
+    `None` means the condition is absent and always holds.
+    """
+
+    crawlers: frozenset[str] | None = None
+    operators: frozenset[str] | None = None  # compared case-insensitively
+    purposes: frozenset[Purpose] | None = None
+    kinds: frozenset[str] | None = None  # "crawler", "other-bot", "unknown"
+    identities: frozenset[Identity] | None = None
+    paths: tuple[Pattern, ...] | None = None
+    methods: frozenset[str] | None = None
+    hosts: tuple[Pattern, ...] | None = None
+    headers: tuple[HeaderMatch, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    match: Match
+    action: Action
+    source: SourceRef | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class License:
+    """A named licence offer. The licensing work adds terms, prices and limits."""
+
+    name: str
+    usages: tuple[str, ...] = ()
+    description: str = ""
+    source: SourceRef | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HostSection:
+    """Rules for a group of hosts, evaluated before the top-level rules."""
+
+    hosts: tuple[Pattern, ...]
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    rules: tuple[Rule, ...]
+    mode: Mode = Mode.ENFORCE
+    default: Action = Allow()
+    host_sections: tuple[HostSection, ...] = ()
+    licenses: tuple[License, ...] = ()
+    # Where a 402 tells crawler vendors to read licence terms (absolute URL or path).
+    license_terms_url: str = "/.well-known/gatekeeper/licenses"
+    version: int = 1
+    source: str = "<embedded>"

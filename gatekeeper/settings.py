@@ -1,0 +1,137 @@
+"""Typed runtime settings and where they come from.
+
+Precedence, lowest to highest: built-in defaults < `--config` YAML file <
+`GATEKEEPER_*` environment variables < command-line flags. Every field has an
+environment variable named `GATEKEEPER_<FIELD>` in upper case.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from gatekeeper.errors import SettingsError
+
+LogFormat = Literal["json", "console"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    upstream: str = ""
+    listen: str = "0.0.0.0:8080"
+    admin_listen: str = "127.0.0.1:9108"
+    policy: str = ""  # empty: the embedded default policy
+    trusted_proxies: tuple[str, ...] = ()
+    store: Literal["memory"] = "memory"
+    # Limits (bytes)
+    max_header_size: int = 8190  # one request line or header field
+    max_headers: int = 100
+    max_body_size: int = 100 * 1024 * 1024  # enforced while streaming: 413
+    # Timeouts (seconds)
+    client_header_timeout: float = 15.0  # also the keep-alive idle timeout
+    client_body_timeout: float = 30.0  # idle time between two body chunks
+    upstream_connect_timeout: float = 5.0
+    upstream_read_timeout: float = 60.0  # idle time waiting for upstream bytes
+    upstream_pool_size: int = 100
+    shutdown_timeout: float = 30.0  # SIGTERM: time given to in-flight requests
+    policy_watch_interval: float = 2.0  # seconds between policy file checks; 0 disables
+    log_format: LogFormat = "json"
+    log_level: str = "info"
+
+    def with_overrides(self, values: Mapping[str, Any], origin: str) -> Settings:
+        """A copy with `values` applied; unknown names or bad types raise SettingsError."""
+        known = {f.name: f for f in fields(self)}
+        changes: dict[str, Any] = {}
+        for name, raw in values.items():
+            key = name.replace("-", "_")
+            if key not in known:
+                raise SettingsError(f"{origin}: unknown setting {name!r}")
+            changes[key] = _coerce(key, raw, getattr(self, key), origin)
+        result = dataclasses.replace(self, **changes)
+        result.validate()
+        return result
+
+    def validate(self) -> None:
+        for cidr in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise SettingsError(f"trusted_proxies: {cidr!r} is not an IP network") from exc
+        for name in ("listen", "admin_listen"):
+            split_hostport(getattr(self, name), name)
+        if self.upstream and not self.upstream.startswith(("http://", "https://")):
+            raise SettingsError(f"upstream: {self.upstream!r} must start with http:// or https://")
+
+
+def split_hostport(value: str, name: str = "listen") -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SettingsError(f"{name}: {value!r} must be HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _coerce(key: str, raw: Any, current: Any, origin: str) -> Any:
+    try:
+        if isinstance(current, bool):
+            if isinstance(raw, str):
+                return raw.strip().lower() in {"1", "true", "yes", "on"}
+            return bool(raw)
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+        if isinstance(current, tuple):
+            if isinstance(raw, str):
+                return tuple(p.strip() for p in raw.split(",") if p.strip())
+            return tuple(str(p) for p in raw)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{origin}: {key}: cannot use {raw!r}: {exc}") from exc
+
+
+def from_file(path: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read settings file: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: a settings file must be a mapping of setting: value")
+    return data
+
+
+def from_env(environ: Mapping[str, str]) -> dict[str, str]:
+    names = {f.name for f in fields(Settings)}
+    out: dict[str, str] = {}
+    for key, value in environ.items():
+        if key.startswith("GATEKEEPER_"):
+            name = key[len("GATEKEEPER_"):].lower()
+            if name in names:
+                out[name] = value
+    return out
+
+
+def resolve(
+    config_file: str | None,
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Defaults < config file < GATEKEEPER_* environment < flags (None flags are unset)."""
+    settings = Settings()
+    if config_file:
+        settings = settings.with_overrides(from_file(config_file), config_file)
+    env = os.environ if environ is None else environ
+    settings = settings.with_overrides(from_env(env), "environment")
+    given = {k: v for k, v in flags.items() if v is not None and v != ()}
+    return settings.with_overrides(given, "command line")
+

@@ -1,0 +1,1 @@
+"""State shared between requests, behind one `Store` protocol."""

@@ -1,0 +1,23 @@
+"""The `Store` protocol: what the gate keeps between requests.
+
+Implementations: `memory` (in-process, the embedded default) and, in a later
+issue, `redis` (shared by replicas). Both must pass the conformance suite in
+`tests/conformance/`. An implementation that cannot answer raises
+`gatekeeper.errors.StoreUnavailable`; the gate applies the documented failure mode.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gatekeeper.core.ratelimit import LimitResult
+
+
+class Store(Protocol):
+    async def take(self, key: str, rate: float, burst: int, now: float) -> LimitResult:
+        """Spend one token from the bucket `key` (refilled at `rate`/s up to `burst`)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the store is not used afterwards."""
+        ...

@@ -1,0 +1,38 @@
+"""In-process store: the embedded default for a single process."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from gatekeeper.core.ratelimit import Bucket, LimitResult, take
+
+
+class MemoryStore:
+    """Token buckets in a bounded LRU map.
+
+    The bound keeps memory flat when keys are client IPs from a large botnet:
+    the least recently used bucket is forgotten, which at worst hands that
+    client a fresh (full) bucket.
+    """
+
+    def __init__(self, max_buckets: int = 100_000) -> None:
+        self._buckets: OrderedDict[str, Bucket] = OrderedDict()
+        self._max = max_buckets
+
+    async def take(self, key: str, rate: float, burst: int, now: float) -> LimitResult:
+        return self.take_now(key, rate, burst, now)
+
+    def take_now(self, key: str, rate: float, burst: int, now: float) -> LimitResult:
+        """The same as `take`, callable without awaiting (for fallbacks)."""
+        bucket, result = take(self._buckets.get(key), rate, burst, now)
+        self._buckets[key] = bucket
+        self._buckets.move_to_end(key)
+        if len(self._buckets) > self._max:
+            self._buckets.popitem(last=False)
+        return result
+
+    async def close(self) -> None:
+        self._buckets.clear()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
