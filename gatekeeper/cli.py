@@ -1,0 +1,145 @@
+"""Command line: `gatekeeper run | check | explain | schema | --version`.
+
+Parses arguments, resolves settings and hands over to `wiring`; no policy
+logic lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from multidict import CIMultiDict
+
+from gatekeeper import __version__
+from gatekeeper.errors import GatekeeperError, PolicyError
+from gatekeeper.settings import resolve
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gatekeeper",
+        description="Opt-out and licensing gate for AI crawlers.",
+    )
+    p.add_argument("--version", action="version", version=f"gatekeeper {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the reverse proxy")
+    run.add_argument("--upstream", help="origin server URL, e.g. http://127.0.0.1:8000")
+    run.add_argument("--listen", help="HOST:PORT for proxied traffic (default 0.0.0.0:8080)")
+    run.add_argument(
+        "--admin-listen", help="HOST:PORT for /metrics, /healthz, /readyz (default 127.0.0.1:9108)"
+    )
+    run.add_argument("--policy", help="policy YAML file (default: the embedded default policy)")
+    run.add_argument(
+        "--trusted-proxy", action="append", default=None, metavar="CIDR",
+        help="a proxy whose X-Forwarded-For/Forwarded is believed (repeatable)",
+    )
+    run.add_argument("--config", help="settings YAML file")
+    run.add_argument("--log-format", choices=["json", "console"])
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    check = sub.add_parser("check", help="validate policy files (exit 0 valid, 1 invalid)")
+    check.add_argument("files", nargs="+", metavar="FILE")
+
+    ex = sub.add_parser("explain", help="show the decision for a request described by flags")
+    ex.add_argument("--ua", default="", help="User-Agent header")
+    ex.add_argument("--path", default="/", help="request target, e.g. /premium/a?x=1")
+    ex.add_argument("--ip", default="203.0.113.7", help="client IP")
+    ex.add_argument("--host", default="localhost", help="Host header")
+    ex.add_argument("--method", default="GET")
+    ex.add_argument(
+        "--header", action="append", default=[], metavar="NAME:VALUE", help="repeatable"
+    )
+    ex.add_argument("--policy", help="policy YAML file (default: the embedded default policy)")
+    ex.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sub.add_parser("schema", help="print the policy JSON Schema")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "check":
+            return _check(args.files)
+        if args.command == "explain":
+            return _explain(args)
+        return _schema()
+    except GatekeeperError as exc:
+        print(f"gatekeeper: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gatekeeper import wiring
+
+    flags = {
+        "upstream": args.upstream,
+        "listen": args.listen,
+        "admin_listen": args.admin_listen,
+        "policy": args.policy,
+        "trusted_proxies": tuple(args.trusted_proxy) if args.trusted_proxy else None,
+        "log_format": args.log_format,
+        "log_level": args.log_level,
+    }
+    settings = resolve(args.config, flags)
+    return wiring.run(settings)
+
+
+def _check(files: Sequence[str]) -> int:
+    from gatekeeper.catalog_loader import load_catalog
+    from gatekeeper.policy.loader import load_policy_file
+
+    catalog = load_catalog()
+    failed = False
+    for path in files:
+        try:
+            policy = load_policy_file(path, catalog)
+        except PolicyError as exc:
+            failed = True
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            continue
+        print(f"{path}: ok ({len(policy.rules)} rules, mode {policy.mode.value})")
+    return 1 if failed else 0
+
+
+def _schema() -> int:
+    from gatekeeper.policy.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from gatekeeper import explain
+
+    headers: CIMultiDict[str] = CIMultiDict()
+    for item in args.header:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            print(f"gatekeeper: error: --header {item!r} must be NAME:VALUE", file=sys.stderr)
+            return 2
+        headers.add(name.strip(), value.strip())
+    if args.ua:
+        headers["User-Agent"] = args.ua
+    headers.setdefault("Host", args.host)
+    report = asyncio.run(
+        explain.explain(
+            method=args.method.upper(),
+            target=args.path,
+            headers=headers,
+            client_ip=args.ip,
+            policy_file=args.policy,
+            now=time.time(),
+        )
+    )
+    print(json.dumps(report, indent=2) if args.json else explain.render_text(report))
+    return 0

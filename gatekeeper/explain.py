@@ -1,0 +1,126 @@
+"""`gatekeeper explain`: the decision for one request described on the command line.
+
+It runs the same pieces as the proxy (target canonicalisation, catalog, the
+policy evaluation through `Gate`), so what it prints is what the proxy does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gatekeeper.core.evaluate import select
+from gatekeeper.core.facts import RequestFacts
+from gatekeeper.edge.target import BadRequest, canonicalize, check_host
+from gatekeeper.gate import Gate
+from gatekeeper.store.memory import MemoryStore
+
+
+async def explain(
+    *,
+    method: str,
+    target: str,
+    headers: CIMultiDict[str],
+    client_ip: str,
+    policy_file: str | None,
+    now: float,
+) -> dict[str, Any]:
+    from gatekeeper.catalog_loader import load_catalog
+    from gatekeeper.wiring import load_policy
+
+    catalog = load_catalog()
+    policy = load_policy(policy_file, catalog)
+    report: dict[str, Any] = {"policy": policy.source, "mode": policy.mode.value}
+    try:
+        canonical = canonicalize(method, target)
+        host = check_host(headers.get("Host"))
+    except BadRequest as exc:
+        report["request"] = {"method": method, "target": target}
+        report["rejected"] = {"status": exc.status, "reason": exc.reason, "message": str(exc)}
+        return report
+    facts = RequestFacts(
+        method=method, host=host, path=canonical.path, query=canonical.query,
+        headers=CIMultiDictProxy(headers), client_ip=client_ip, now=now,
+    )
+    gate = Gate(catalog, lambda: policy, MemoryStore())
+    outcome = await gate.decide(facts)
+    cls, decision = outcome.classification, outcome.decision
+    selected = select(policy, facts, cls, outcome.identity)
+    crawler = cls.crawler
+    report["request"] = {
+        "method": method, "host": host, "path": facts.path, "query": facts.query,
+        "client_ip": client_ip, "user_agent": facts.user_agent,
+    }
+    report["classification"] = {
+        "kind": cls.kind.value,
+        "crawler": crawler.name if crawler else None,
+        "operator": crawler.operator if crawler else None,
+        "purpose": cls.purpose.value if cls.purpose else None,
+        "robots_token": crawler.robots_token if crawler else None,
+    }
+    report["identity"] = {
+        "state": outcome.identity.value,
+        "how": (
+            "no crawler claimed in the user agent"
+            if crawler is None
+            else "claimed by the user agent; no verification data is configured for it yet"
+        ),
+    }
+    rule = selected.rule
+    report["rule"] = {
+        "name": selected.name,
+        "source": str(rule.source) if rule and rule.source else None,
+        "action": decision.action,
+    }
+    report["decision"] = {
+        "forward": decision.forward,
+        "reason": decision.reason.value,
+        "status": decision.status or None,
+        "would_status": decision.would_status or None,
+        "headers": [list(h) for h in decision.headers],
+        "body": decision.body.decode("utf-8", "replace"),
+    }
+    return report
+
+
+def render_text(report: dict[str, Any]) -> str:
+    lines = [f"policy:         {report['policy']} (mode {report['mode']})"]
+    req = report["request"]
+    if "rejected" in report:
+        rej = report["rejected"]
+        lines.append(f"request:        {req['method']} {req['target']}")
+        lines.append(f"rejected:       {rej['status']} ({rej['reason']}): {rej['message']}")
+        lines.append("                the upstream would see nothing")
+        return "\n".join(lines)
+    query = f"?{req['query']}" if req["query"] else ""
+    lines.append(f"request:        {req['method']} {req['host']}{req['path']}{query}")
+    lines.append(f"client ip:      {req['client_ip']}")
+    lines.append(f"user agent:     {req['user_agent'] or '(none)'}")
+    c = report["classification"]
+    if c["crawler"]:
+        lines.append(
+            f"classification: {c['crawler']} by {c['operator']}, purpose {c['purpose']}"
+            f" (robots.txt token {c['robots_token']})"
+        )
+    else:
+        lines.append(f"classification: {c['kind']}")
+    ident = report["identity"]
+    lines.append(f"identity:       {ident['state']} ({ident['how']})")
+    rule = report["rule"]
+    where = f" at {rule['source']}" if rule["source"] else ""
+    lines.append(f"rule:           {rule['name']}{where} -> {rule['action']}")
+    d = report["decision"]
+    if d["forward"]:
+        verdict = "forward to the upstream"
+        if d["reason"] == "dry_run":
+            verdict += f" (monitor mode: would have answered {d['would_status']})"
+        elif d["reason"] == "monitored":
+            verdict += " (monitor rule: logged and counted)"
+        lines.append(f"decision:       {verdict}")
+    else:
+        lines.append(f"decision:       answer {d['status']} ({d['reason']})")
+        for name, value in d["headers"]:
+            lines.append(f"                {name}: {value}")
+        lines.append(f"                {d['body'].strip()}")
+    return "\n".join(lines)

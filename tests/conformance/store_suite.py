@@ -1,0 +1,28 @@
+"""One behaviour table every `Store` implementation must pass.
+
+Each backend's test module builds its store in a fixture named `store` and
+imports these tests; see tests/unit/store/test_memory.py.
+"""
+
+from __future__ import annotations
+
+from gatekeeper.store.base import Store
+
+
+async def test_bucket_allows_burst_then_denies(store: Store) -> None:
+    results = [await store.take("conf|burst", rate=0.01, burst=3, now=1000.0) for _ in range(5)]
+    assert [r.allowed for r in results] == [True, True, True, False, False]
+    assert results[-1].retry_after > 0
+
+
+async def test_bucket_refills_over_time(store: Store) -> None:
+    for _ in range(2):
+        await store.take("conf|refill", rate=1.0, burst=2, now=2000.0)
+    assert not (await store.take("conf|refill", rate=1.0, burst=2, now=2000.0)).allowed
+    assert (await store.take("conf|refill", rate=1.0, burst=2, now=2001.0)).allowed
+
+
+async def test_buckets_are_independent_per_key(store: Store) -> None:
+    assert (await store.take("conf|a", rate=0.01, burst=1, now=3000.0)).allowed
+    assert not (await store.take("conf|a", rate=0.01, burst=1, now=3000.0)).allowed
+    assert (await store.take("conf|b", rate=0.01, burst=1, now=3000.0)).allowed
