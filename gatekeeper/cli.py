@@ -90,7 +90,8 @@ def _run(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
     }
     settings = resolve(args.config, flags)
-    return wiring.run(settings)
+    code: int = wiring.run(settings)
+    return code
 
 
 def _check(files: Sequence[str]) -> int:

@@ -68,7 +68,8 @@ def load_policy_file(path: str | Path, catalog: CatalogNames) -> Policy:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise PolicyError([Problem(str(path), 0, "", f"cannot read policy file: {reason}")]) from exc
+        problem = Problem(str(path), 0, "", f"cannot read policy file: {reason}")
+        raise PolicyError([problem]) from exc
     return load_policy_text(text, str(path), catalog, base_dir=path.parent)
 
 
@@ -460,8 +461,9 @@ class _Builder:
             word = self.scalar(node, field, str)
             if word is None:
                 return None
-            if word in ("allow", "block", "monitor"):
-                return {"allow": Allow(), "block": Block(), "monitor": Monitor()}[word]
+            simple: dict[str, Action] = {"allow": Allow(), "block": Block(), "monitor": Monitor()}
+            if word in simple:
+                return simple[word]
             if word in ("rate_limit", "require_license"):
                 self.error(node, field, f"{word} needs settings, e.g. "
                            + V.ACTION_EXAMPLES[word])
