@@ -1,11 +1,42 @@
-"""Crawler catalog model and the user-agent classifier compiled from it."""
+"""Crawler catalog model and the user-agent classifier compiled from it.
+
+How a user agent is classified (`Catalog.classify`):
+
+1. The string is lower-cased and every run of whitespace becomes one space, so
+   tokens match regardless of case, tabs or doubled spaces.
+2. One Aho-Corasick pass finds every catalog token and every bot-library token
+   in it. A hit counts only where it stands as a name of its own:
+   - after it, no letter, digit or "_": "claude-user" does not match
+     "claude-usernames". A "-" may follow, because a suffix names a variant
+     of the same crawler ("googlebot-mobile", "semrushbot-sa").
+   - before it, no letter, digit, "_" or "-": a prefix makes another product
+     ("landau-media-spider" is not "spider"). Nor "/", "." or "@", which put
+     the hit inside a URL or an address ("serverhunter.com/spider/"), unless
+     the token is itself a host name ("panscient.com").
+   - not right after "like " or "with ", the way agents name whom they
+     imitate ("Feedly/1.0 (...; like FeedFetcher-Google)").
+   A side where the token itself ends in punctuation ("code/") needs no check.
+3. When several catalog tokens match, the longest token wins, then the one that
+   starts first. Length first makes the specific entry beat the generic one
+   ("googlebot-image" over "googlebot"); position only breaks ties, so the
+   result never depends on the catalog's order.
+4. Without a catalog token the agent is `other-bot` when it names an HTTP
+   library or headless tool, or when one of the generic crawler patterns
+   matches it (one RE2 set, linear time, run on the original string because
+   those patterns are written case-sensitively). An empty agent is `other-bot`
+   too. Anything else is `unknown`: browser-like, or nothing recognisable.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache, partial
 from typing import Any
+
+import ahocorasick
+import re2
 
 from gatekeeper.errors import CatalogError
 
@@ -38,6 +69,8 @@ class Crawler:
     name: str
     operator: str
     purpose: Purpose
+    # Lower-case literals searched for in the user agent. Empty for robots.txt-only
+    # tokens such as Google-Extended, which no real request ever carries.
     ua_tokens: tuple[str, ...]
     robots_token: str
     url: str = ""
@@ -49,77 +82,88 @@ class Crawler:
 class Classification:
     kind: Kind
     crawler: Crawler | None = None
+    # Derived once here because every rule and every metric reads them.
+    name: str = field(init=False)  # bounded label: catalog name, or the kind
+    purpose: Purpose | None = field(init=False)
 
-    @property
-    def name(self) -> str:
-        """Bounded label: the catalog name, or the kind for everything else."""
-        return self.crawler.name if self.crawler is not None else self.kind.value
-
-    @property
-    def purpose(self) -> Purpose | None:
-        if self.crawler is not None:
-            return self.crawler.purpose
-        return Purpose.OTHER_BOT if self.kind is Kind.OTHER_BOT else None
+    def __post_init__(self) -> None:
+        crawler = self.crawler
+        if crawler is not None:
+            object.__setattr__(self, "name", crawler.name)
+            object.__setattr__(self, "purpose", crawler.purpose)
+        else:
+            object.__setattr__(self, "name", self.kind.value)
+            other = Purpose.OTHER_BOT if self.kind is Kind.OTHER_BOT else None
+            object.__setattr__(self, "purpose", other)
 
 
 UNKNOWN = Classification(Kind.UNKNOWN)
 OTHER_BOT = Classification(Kind.OTHER_BOT)
 
-
-# Bytes that end a product token in a user agent ("GPTBot/1.1", "GPTBot;", "GPTBot)").
-# A letter, digit or "-"/"_" directly after a token means it is part of a longer word.
-_WORD = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
-# Obvious HTTP libraries and headless tools: automated, but not in the catalog.
-_BOT_LIBRARIES = (
-    "curl/", "wget/", "python-requests/", "python-urllib/", "python-httpx/", "go-http-client/",
-    "okhttp/", "aiohttp/", "libwww-perl/", "java/", "axios/", "node-fetch/", "headlesschrome/",
-    "phantomjs/", "apache-httpclient/", "guzzlehttp/", "httpclient/", "undici", "got (",
-    "python/", "ruby", "php/", "postmanruntime/", "insomnia/", "httpie/", "powershell/",
+# HTTP libraries and headless tools: automated, but nobody's crawler. Searched in
+# the same pass as the catalog tokens, with the same boundary rule, and ranked
+# below every catalog token ("Scrapy" is in the catalog; "python-requests" is not).
+BOT_LIBRARY_TOKENS: tuple[str, ...] = (
+    "curl/", "libcurl/", "wget/", "python-requests/", "python-urllib/", "python-httpx/",
+    "python/", "aiohttp/", "httpx/", "urllib3/", "go-http-client/", "okhttp/", "java/",
+    "apache-httpclient/", "jakarta commons-httpclient/", "libwww-perl/", "lwp::simple/",
+    "axios/", "node-fetch/", "got (", "undici", "headlesschrome", "headlesschromium",
+    "phantomjs", "guzzlehttp/", "php/", "ruby", "http.rb/", "faraday v", "reqwest/",
+    "postmanruntime/", "insomnia/", "httpie/", "powershell/", "windowspowershell/",
+    "dart:io", "winhttp", "mechanize/", "zgrab/", "masscan/",
 )
-_CACHE_SIZE = 4096
+# Whole user agents that say nothing but are typical defaults of scripts.
+_BOT_PLACEHOLDERS = frozenset({"-", "mozilla", "mozilla/4.0", "mozilla/5.0", "node", "null"})
+
+CACHE_SIZE = 4096
+# RE2 builds its DFA lazily inside this budget; the generic set needs a few MB.
+_RE2_MAX_MEM = 64 << 20
+
+_WORD = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+_IMITATION = ("like ", "with ")
+_CATALOG_RANK = 1  # any catalog token beats any library token
+_LIBRARY_RANK = 0
+
+
+def normalize(user_agent: str) -> str:
+    """The form tokens are matched in: lower case, whitespace runs collapsed."""
+    return " ".join(user_agent.lower().split())
+
+
+@dataclass(frozen=True, slots=True)
+class _Tables:
+    """Everything `_classify` reads: compiled once, never mutated afterwards."""
+
+    automaton: Any  # ahocorasick.Automaton, or None when there are no tokens
+    generic: Any  # re2.Set, or None when there are no generic patterns
 
 
 class Catalog:
     """The crawler catalog, compiled once into a one-pass user-agent classifier.
 
-    Matching: the user agent is lower-cased and its whitespace collapsed, then one
-    Aho-Corasick pass finds every catalog token in it. A hit counts only at word
-    boundaries, so a token inside a longer word ("claude-user" in
-    "claude-usernames") is not a match. When several tokens match, the longest
-    wins, then the earliest. Without a catalog hit, obvious bot libraries and the
-    generic crawler patterns (matched with RE2, linear time) make an `other-bot`;
-    anything else is `unknown`.
+    Immutable after construction; `classify` is safe to call from any thread.
     """
 
     def __init__(
         self, crawlers: Iterable[Crawler], generic_bot_patterns: Iterable[str] = ()
     ) -> None:
-        import ahocorasick
-
         self._crawlers: tuple[Crawler, ...] = tuple(crawlers)
         self._by_name: dict[str, Crawler] = {}
-        automaton = ahocorasick.Automaton()
-        owners: dict[str, str] = {}
         for crawler in self._crawlers:
             key = crawler.name.casefold()
             if key in self._by_name:
-                raise CatalogError(f"crawler {crawler.name!r} is listed twice")
+                raise CatalogError(
+                    f"crawler {crawler.name!r} is listed twice "
+                    f"(also as {self._by_name[key].name!r})"
+                )
             self._by_name[key] = crawler
-            for token in crawler.ua_tokens:
-                tok = " ".join(token.lower().split())
-                if tok in owners:
-                    raise CatalogError(
-                        f"user-agent token {token!r} of {crawler.name!r} is already "
-                        f"used by {owners[tok]!r}"
-                    )
-                owners[tok] = crawler.name
-                automaton.add_word(tok, (len(tok), crawler))
-        self._automaton = automaton
-        self._has_tokens = bool(owners)
-        if self._has_tokens:
-            automaton.make_automaton()
-        self._generic = _compile_generic(generic_bot_patterns)
-        self._cache: dict[str, Classification] = {}
+        generic, self.skipped_patterns = _compile_generic(generic_bot_patterns)
+        tables = _Tables(_compile_tokens(self._crawlers), generic)
+        # A per-instance cache around a function of the tables, not of `self`:
+        # dropping the catalog drops its cache, and no reference cycle holds either.
+        self._lookup: Callable[[str], Classification] = lru_cache(maxsize=CACHE_SIZE)(
+            partial(_classify, tables)
+        )
         self.names: frozenset[str] = frozenset(c.name for c in self._crawlers)
         self.operators: frozenset[str] = frozenset(c.operator.casefold() for c in self._crawlers)
 
@@ -129,67 +173,91 @@ class Catalog:
     def __len__(self) -> int:
         return len(self._crawlers)
 
+    def __repr__(self) -> str:
+        return f"<Catalog of {len(self._crawlers)} crawlers>"
+
     def get(self, name: str) -> Crawler | None:
+        """The entry called `name`, ignoring case; None when there is none."""
         return self._by_name.get(name.casefold())
 
     def classify(self, user_agent: str) -> Classification:
-        hit = self._cache.get(user_agent)
-        if hit is None:
-            hit = self._classify(user_agent)
-            if len(self._cache) >= _CACHE_SIZE:
-                # Cheap bound: real traffic repeats a few hundred agents; a flood of
-                # unique ones must not grow memory.
-                self._cache.clear()
-            self._cache[user_agent] = hit
-        return hit
-
-    def _classify(self, user_agent: str) -> Classification:
-        ua = " ".join(user_agent.lower().split())
-        if not ua:
-            return OTHER_BOT
-        best: tuple[int, int, Crawler] | None = None
-        if self._has_tokens:
-            for end, (length, crawler) in self._automaton.iter(ua):
-                start = end - length + 1
-                if not _bounded(ua, start, end):
-                    continue
-                if best is None or length > best[0] or (length == best[0] and start < best[1]):
-                    best = (length, start, crawler)
-        if best is not None:
-            return Classification(Kind.CRAWLER, best[2])
-        if any(lib in ua for lib in _BOT_LIBRARIES):
-            return OTHER_BOT
-        if self._generic is not None and self._generic.search(user_agent):
-            return OTHER_BOT
-        return UNKNOWN
+        """What the user agent claims to be; see the module docstring for the rules."""
+        return self._lookup(user_agent)
 
 
-def _bounded(ua: str, start: int, end: int) -> bool:
-    if start > 0 and ua[start - 1] in _WORD:
-        return False
-    if ua[end] == "/" or end + 1 >= len(ua):
-        return True
-    after = ua[end + 1]
-    if after in _WORD:
-        return False
-    # "claude-user" inside "claude-user-agent-x" is still a longer name.
-    return not (after in "-_" and end + 2 < len(ua) and ua[end + 2] in _WORD)
+def _compile_tokens(crawlers: tuple[Crawler, ...]) -> Any:
+    automaton = ahocorasick.Automaton()
+    for token in BOT_LIBRARY_TOKENS:
+        automaton.add_word(token, (_LIBRARY_RANK, len(token), None))
+    owners: dict[str, str] = {}
+    for crawler in crawlers:
+        for raw in crawler.ua_tokens:
+            token = normalize(raw)
+            if not token:
+                raise CatalogError(f"crawler {crawler.name!r} has an empty user-agent token")
+            if token in owners:
+                raise CatalogError(
+                    f"user-agent token {raw!r} of {crawler.name!r} is already "
+                    f"used by {owners[token]!r}"
+                )
+            owners[token] = crawler.name
+            # Added after the library tokens so a catalog entry replaces an equal one.
+            automaton.add_word(token, (_CATALOG_RANK, len(token), crawler))
+    automaton.make_automaton()
+    return automaton
 
 
-def _compile_generic(patterns: Iterable[str]) -> Any:
-    """One RE2 alternation over the generic crawler patterns (linear time), or None."""
-    import re2
-
+def _compile_generic(patterns: Iterable[str]) -> tuple[Any, int]:
+    """One RE2 set over the generic crawler patterns, and how many it had to skip."""
     options = re2.Options()
-    options.case_sensitive = False
-    options.max_mem = 64 << 20
-    good: list[str] = []
+    options.max_mem = _RE2_MAX_MEM
+    regex_set = re2.Set.SearchSet(options)
+    added = skipped = 0
     for pattern in patterns:
         try:
-            re2.compile(pattern, options)
+            regex_set.Add(pattern)
         except re2.error:
-            continue  # a pattern RE2 cannot express is skipped, never run with `re`
-        good.append(f"(?:{pattern})")
-    if not good:
-        return None
-    return re2.compile("|".join(good), options)
+            # A pattern RE2 cannot express is left out rather than run with a
+            # backtracking engine on attacker-controlled input.
+            skipped += 1
+        else:
+            added += 1
+    if not added:
+        return None, skipped
+    regex_set.Compile()
+    return regex_set, skipped
+
+
+def _classify(tables: _Tables, user_agent: str) -> Classification:
+    ua = normalize(user_agent)
+    if not ua or ua in _BOT_PLACEHOLDERS:
+        return OTHER_BOT
+    best: tuple[int, int, int] | None = None  # rank, length, -start: larger is better
+    best_crawler: Crawler | None = None
+    for end, (rank, length, crawler) in tables.automaton.iter(ua):
+        start = end - length + 1
+        if not _on_boundaries(ua, start, end):
+            continue
+        key = (rank, length, -start)
+        if best is None or key > best:
+            best, best_crawler = key, crawler
+    if best_crawler is not None:
+        return Classification(Kind.CRAWLER, best_crawler)
+    if best is not None:
+        return OTHER_BOT
+    if tables.generic is not None and tables.generic.Match(user_agent):
+        return OTHER_BOT
+    return UNKNOWN
+
+
+def _on_boundaries(ua: str, start: int, end: int) -> bool:
+    """True when ua[start:end + 1] stands as a name of its own (module docstring, step 2)."""
+    if start > 0 and ua[start] in _WORD:
+        before = ua[start - 1]
+        if before in _WORD or before == "-":
+            return False
+        if before in "/.@" and "." not in ua[start : end + 1]:
+            return False
+        if ua.endswith(_IMITATION, 0, start):
+            return False
+    return not (end + 1 < len(ua) and ua[end] in _WORD and ua[end + 1] in _WORD)

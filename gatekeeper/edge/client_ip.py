@@ -78,7 +78,8 @@ def normalise(ip: str) -> str:
 
 
 def client_ip(peer: str, headers: Mapping[str, str], trusted: TrustedProxies) -> ClientAddress:
-    peer_ip = normalise(peer)
+    # A socket's IPv4 peer is already canonical; only IPv6 forms need parsing.
+    peer_ip = peer if ":" not in peer else normalise(peer)
     if not trusted or not trusted.contains(peer_ip):
         return ClientAddress(peer_ip)
     hops = _forwarded_for(headers)

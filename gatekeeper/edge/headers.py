@@ -14,6 +14,7 @@ order and duplicates (several `Set-Cookie`) are kept.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -34,18 +35,31 @@ _IDENTITY = frozenset(
 _IDENTITY_PREFIXES = ("x-forwarded-", "x-gatekeeper-")
 # Handled by the server and client themselves; forwarding them would double-frame.
 _FRAMING = frozenset({"content-length", "expect", "host"})
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SECRET_WORDS = ("authorization", "cookie", "token", "secret", "key", "session")
 
-_normalised_cache: dict[str, str] = {}
+_drop_cache: dict[str, bool] = {}
 
 
 def _norm(name: str) -> str:
-    n = _normalised_cache.get(name)
-    if n is None:
-        n = name.lower().replace("_", "-").replace(".", "-")
-        if len(_normalised_cache) < 2048:
-            _normalised_cache[name] = n
+    n = name.lower()
+    if "_" in n or "." in n:
+        n = n.replace("_", "-").replace(".", "-")
     return n
+
+
+def _dropped(name: str, nominated: frozenset[str]) -> bool:
+    """Whether a client request header must not reach the upstream (cached per name)."""
+    hit = _drop_cache.get(name) if not nominated else None
+    if hit is None:
+        n = _norm(name)
+        hit = (
+            n in HOP_BY_HOP or n in _FRAMING or n in _IDENTITY
+            or n.startswith(_IDENTITY_PREFIXES) or n in nominated
+        )
+        if not nominated and len(_drop_cache) < 4096:
+            _drop_cache[name] = hit
+    return hit
 
 
 def is_identity_header(name: str) -> bool:
@@ -73,16 +87,8 @@ def upstream_request_headers(
     nominated = connection_tokens(incoming) if "Connection" in incoming else frozenset()
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
-        n = _norm(name)
-        if (
-            n in HOP_BY_HOP
-            or n in _FRAMING
-            or n in _IDENTITY
-            or n.startswith(_IDENTITY_PREFIXES)
-            or n in nominated
-        ):
-            continue
-        out.add(name, value)
+        if not _dropped(name, nominated):
+            out.add(name, value)
     original_host = incoming.get("Host")
     if original_host is not None:
         # The client's Host is kept so name-based virtual hosts upstream still work.
@@ -103,8 +109,10 @@ def _forwarded_node(ip: str) -> str:
 
 
 def _quote(value: str) -> str:
-    token_chars = all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in value)
-    return value if value and token_chars else '"' + value.replace('"', "") + '"'
+    # Host names are RFC 7230 tokens already; anything else gets quoted.
+    if value and _TOKEN.fullmatch(value):
+        return value
+    return '"' + value.replace('"', "").replace("\\", "") + '"'
 
 
 def body_framing(incoming: Mapping[str, str]) -> int | None:

@@ -198,7 +198,7 @@ class Proxy:
         self, request: web.Request, upstream: aiohttp.ClientResponse
     ) -> tuple[web.StreamResponse, int, str | None]:
         reason = upstream.reason
-        if reason is not None and any(c in reason for c in "\r\n\x00"):
+        if reason is not None and ("\r" in reason or "\n" in reason or "\x00" in reason):
             reason = None
         resp = web.StreamResponse(
             status=upstream.status, reason=reason,

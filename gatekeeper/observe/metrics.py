@@ -86,6 +86,7 @@ class Metrics:
         self.build_info.labels(__version__).set(1)
         self._children: dict[tuple[str, ...], Counter] = {}
         self._rules: set[str] = set()
+        self._durations: dict[str, Histogram] = {}
         self._preinitialise()
 
     def _preinitialise(self) -> None:
@@ -97,6 +98,12 @@ class Metrics:
         for result in ("success", "failure"):
             self.policy_reloads.labels(result)
         self.store_fallbacks.labels("memory")
+
+    def observe_duration(self, action: str, seconds: float) -> None:
+        child = self._durations.get(action)
+        if child is None:
+            child = self._durations[action] = self.request_duration.labels(action)
+        child.observe(seconds)
 
     def crawler_label(self, name: str) -> str:
         return name if name in self._crawlers else OTHER

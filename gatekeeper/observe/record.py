@@ -49,16 +49,17 @@ class Recorder:
         cls = outcome.classification
         decision = outcome.decision
         crawler = cls.name
-        purpose = cls.purpose
-        purpose_label = purpose.value if purpose is not None else "none"
-        m.request(crawler, purpose_label, outcome.identity.value, decision.action,
-                  decision.reason.value, decision.rule)
-        m.request_duration.labels(decision.action).observe(obs.duration)
+        # StrEnum members are str: used as labels and log values without `.value`.
+        purpose_label: str = cls.purpose or "none"
+        identity: str = outcome.identity
+        reason: str = decision.reason
+        m.request(crawler, purpose_label, identity, decision.action, reason, decision.rule)
+        m.observe_duration(decision.action, obs.duration)
         if obs.upstream_duration is not None:
             m.upstream_duration.observe(obs.upstream_duration)
         if obs.upstream_error is not None:
             m.upstream_errors.labels(obs.upstream_error).inc()
-        if decision.reason.value == "rate_limited":
+        if reason == "rate_limited":
             m.rate_limited.labels(m.crawler_label(crawler)).inc()
         if obs.bytes_sent:
             m.response_bytes.labels(m.crawler_label(crawler)).inc(obs.bytes_sent)
@@ -76,11 +77,11 @@ class Recorder:
             user_agent=facts.user_agent[:MAX_UA_LOGGED],
             crawler=crawler,
             purpose=purpose_label,
-            identity=outcome.identity.value,
+            identity=identity,
             rule=decision.rule,
             action=decision.action,
-            reason=decision.reason.value,
-            dry_run=decision.reason.value == "dry_run",
+            reason=reason,
+            dry_run=reason == "dry_run",
             duration_ms=round(obs.duration * 1000, 3),
             upstream_ms=(
                 round(obs.upstream_duration * 1000, 3)
