@@ -144,7 +144,7 @@ def main() -> int:
             stack.enter_context(process(gatekeeper(gk, admin), gk))
             stack.enter_context(process(gatekeeper(gk_nocls, admin2), gk_nocls,
                                         {"GATEKEEPER_BENCH_NO_CLASSIFY": "1"}))
-            for name, (port, ua, path) in targets.items():  # warm-up
+            for port, ua, path in targets.values():  # warm-up
                 wrk(port, ua, path, 2, args.connections, tmp)
             names = list(targets)
             for r in range(args.rounds):

@@ -1,93 +1,232 @@
 """Loads the crawler catalog data file into a `Catalog`.
 
 The packaged `gatekeeper/data/catalog.json` is the default. Generic crawler
-patterns come from the `crawler-user-agents` package (the maintained source of
-that list) rather than a copy of it.
+patterns come from the installed `crawler-user-agents` package, the maintained
+source of that list, rather than from a copy of it.
+
+Every problem in the file is reported, each naming the entry and the field.
 """
 
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gatekeeper.core.catalog import Catalog, Crawler, Purpose
+from gatekeeper.core.catalog import Catalog, Crawler, Purpose, normalize
 from gatekeeper.errors import CatalogError
 
-_FIELDS = {"name", "operator", "purpose", "ua_tokens", "robots_token", "url", "verification",
-           "source"}
+PACKAGED_CATALOG = "gatekeeper/data/catalog.json"
+CATALOG_VERSION = 1
+
 _REQUIRED = ("name", "operator", "purpose", "ua_tokens", "robots_token")
+# "source" and "note" document where an entry came from and why it is classified
+# as it is; the classifier does not read them.
+_OPTIONAL = ("url", "verification", "source", "note")
+_FIELDS = frozenset(_REQUIRED + _OPTIONAL)
+# Shorter literals are ordinary words or version fragments; three letters plus
+# "/" ("yak/") is the floor, and such tokens carry the "/" to stay specific.
+_MIN_TOKEN = 4
 
 
 def load_catalog(path: str | Path | None = None) -> Catalog:
-    """The catalog from `path`, or the packaged one; cached, since it never changes at run time."""
-    return _load(str(path) if path is not None else None)
+    """The catalog in `path`, or the packaged one when `path` is None.
 
-
-@lru_cache(maxsize=8)
-def _load(path: str | None) -> Catalog:
+    The packaged catalog is built once per process (it cannot change while the
+    process runs); a file given by path is read afresh on every call.
+    """
     if path is None:
-        text = resources.files("gatekeeper.data").joinpath("catalog.json").read_text("utf-8")
-        where = "gatekeeper/data/catalog.json"
-    else:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise CatalogError(f"{path}: cannot read catalog: {exc.strerror}") from exc
-        where = path
+        return _packaged()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read the crawler catalog: {exc.strerror}") from None
+    return parse_catalog(text, str(path))
+
+
+@cache
+def _packaged() -> Catalog:
+    text = resources.files("gatekeeper.data").joinpath("catalog.json").read_text("utf-8")
+    return parse_catalog(text, PACKAGED_CATALOG)
+
+
+def parse_catalog(text: str, where: str = "<catalog>") -> Catalog:
+    """A `Catalog` from the JSON text of a catalog file; `where` names it in errors."""
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CatalogError(f"{where}:{exc.lineno}: not valid JSON: {exc.msg}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("crawlers"), list):
-        raise CatalogError(f"{where}: expected an object with a 'crawlers' list")
-    crawlers = [_crawler(where, i, entry) for i, entry in enumerate(doc["crawlers"])]
-    return Catalog(crawlers, generic_bot_patterns())
-
-
-def _crawler(where: str, index: int, entry: Any) -> Crawler:
-    label = f"{where}: crawlers[{index}]"
-    if not isinstance(entry, dict):
-        raise CatalogError(f"{label}: expected an object")
-    label = f"{label} ({entry.get('name', '?')})"
-    unknown = set(entry) - _FIELDS
-    if unknown:
-        raise CatalogError(f"{label}: unknown field {sorted(unknown)[0]!r}")
-    for field in _REQUIRED:
-        if field not in entry:
-            raise CatalogError(f"{label}: missing field {field!r}")
-    for field in ("name", "operator", "robots_token"):
-        if not isinstance(entry[field], str) or not entry[field].strip():
-            raise CatalogError(f"{label}: {field}: expected a non-empty string")
+        raise CatalogError(f"{where}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+    crawlers = _crawlers(doc, where)
     try:
-        purpose = Purpose(entry["purpose"])
-    except ValueError:
-        choices = ", ".join(p.value for p in Purpose)
-        raise CatalogError(
-            f"{label}: purpose: {entry['purpose']!r} is not one of {choices}"
-        ) from None
-    for field in ("ua_tokens", "verification"):
-        value = entry.get(field, [])
-        if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
-            raise CatalogError(f"{label}: {field}: expected a list of non-empty strings")
-    return Crawler(
-        name=entry["name"],
-        operator=entry["operator"],
-        purpose=purpose,
-        ua_tokens=tuple(entry["ua_tokens"]),
-        robots_token=entry["robots_token"],
-        url=entry.get("url", ""),
-        verification=tuple(entry.get("verification", [])),
-    )
+        return Catalog(crawlers, generic_bot_patterns())
+    except CatalogError as exc:  # duplicates across entries: add the file
+        raise CatalogError(f"{where}: {exc}") from None
+
+
+def _crawlers(doc: Any, where: str) -> list[Crawler]:
+    if not isinstance(doc, dict):
+        raise CatalogError(f"{where}: expected an object with 'version' and 'crawlers'")
+    problems: list[str] = []
+    unknown = sorted(set(doc) - {"version", "crawlers"})
+    if unknown:
+        problems.append(f"{where}: {unknown[0]}: unknown field")
+    if doc.get("version") != CATALOG_VERSION:
+        problems.append(
+            f"{where}: version: expected {CATALOG_VERSION}, found {doc.get('version')!r}"
+        )
+    entries = doc.get("crawlers")
+    if not isinstance(entries, list):
+        problems.append(f"{where}: crawlers: expected a list of crawler entries")
+        entries = []
+    crawlers: list[Crawler] = []
+    for index, entry in enumerate(entries):
+        checker = _EntryChecker(where, index, entry)
+        crawler = checker.crawler()
+        problems.extend(checker.problems)
+        if crawler is not None:
+            crawlers.append(crawler)
+    if problems:
+        raise CatalogError("\n".join(problems))
+    return crawlers
+
+
+class _EntryChecker:
+    """Validates one entry, collecting every problem instead of stopping at the first."""
+
+    def __init__(self, where: str, index: int, entry: Any) -> None:
+        self.entry = entry
+        name = entry.get("name") if isinstance(entry, dict) else None
+        self.label = f"{where}: crawlers[{index}]" + (
+            f" ({name})" if isinstance(name, str) and name else ""
+        )
+        self.problems: list[str] = []
+
+    def error(self, field: str, message: str) -> None:
+        self.problems.append(f"{self.label}: {field}: {message}")
+
+    def crawler(self) -> Crawler | None:
+        entry = self.entry
+        if not isinstance(entry, dict):
+            self.problems.append(f"{self.label}: expected an object")
+            return None
+        for field in sorted(set(entry) - _FIELDS):
+            self.error(field, "unknown field")
+        for field in _REQUIRED:
+            if field not in entry:
+                self.error(field, "missing")
+        name = self.label_text("name")
+        operator = self.label_text("operator")
+        robots_token = self.robots_token()
+        purpose = self.purpose()
+        ua_tokens = self.ua_tokens()
+        url = self.url()
+        verification = self.string_list("verification")
+        for field in ("source", "note"):
+            if field in entry and not isinstance(entry[field], str):
+                self.error(field, "expected a string")
+        if self.problems or name is None or operator is None or robots_token is None:
+            return None
+        if purpose is None or ua_tokens is None or verification is None:
+            return None
+        return Crawler(
+            name=name,
+            operator=operator,
+            purpose=purpose,
+            ua_tokens=ua_tokens,
+            robots_token=robots_token,
+            url=url,
+            verification=verification,
+        )
+
+    def label_text(self, field: str) -> str | None:
+        """A name shown to operators and used as a metric label: one printable line."""
+        value = self.entry.get(field)
+        if field not in self.entry:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            self.error(field, "expected a non-empty string")
+            return None
+        if value != value.strip() or not value.isprintable() or not value.isascii():
+            self.error(field, f"{value!r}: printable ASCII without surrounding spaces only")
+            return None
+        return value
+
+    def robots_token(self) -> str | None:
+        value = self.label_text("robots_token")
+        if value is not None and any(c in value for c in "#:*"):
+            # These would change the meaning of the robots.txt line it is written to.
+            self.error("robots_token", f"{value!r}: must not contain '#', ':' or '*'")
+            return None
+        return value
+
+    def purpose(self) -> Purpose | None:
+        if "purpose" not in self.entry:
+            return None
+        value = self.entry["purpose"]
+        try:
+            return Purpose(value)
+        except ValueError:
+            choices = ", ".join(p.value for p in Purpose)
+            self.error("purpose", f"{value!r} is not one of {choices}")
+            return None
+
+    def ua_tokens(self) -> tuple[str, ...] | None:
+        tokens = self.string_list("ua_tokens")
+        if tokens is None:
+            return None
+        for i, token in enumerate(tokens):
+            if token != normalize(token):
+                # The file shows exactly what is matched: lower case, single spaces.
+                self.error(f"ua_tokens[{i}]", f"{token!r}: write it as {normalize(token)!r}")
+            elif len(token) < _MIN_TOKEN:
+                self.error(
+                    f"ua_tokens[{i}]",
+                    f"{token!r}: shorter than {_MIN_TOKEN} characters; "
+                    "short tokens match ordinary words",
+                )
+        return tokens
+
+    def url(self) -> str:
+        value = self.entry.get("url", "")
+        if not isinstance(value, str):
+            self.error("url", "expected a string")
+            return ""
+        if value and not value.startswith(("https://", "http://")):
+            self.error("url", f"{value!r}: expected an http(s) URL or an empty string")
+        return value
+
+    def string_list(self, field: str) -> tuple[str, ...] | None:
+        value = self.entry.get(field, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.error(field, "expected a list of non-empty strings")
+            return None
+        if len(set(value)) != len(value):
+            self.error(field, "lists a value twice")
+            return None
+        return tuple(value)
 
 
 def generic_bot_patterns() -> list[str]:
-    """Patterns of the `crawler-user-agents` package; empty if it is not installed."""
+    """The patterns of the installed `crawler-user-agents` package."""
+    return [item["pattern"] for item in generic_bot_entries()]
+
+
+def generic_bot_entries() -> list[dict[str, Any]]:
+    """The entries (pattern, instances, ...) of the installed `crawler-user-agents` package."""
     try:
         data = resources.files("crawleruseragents").joinpath("crawler-user-agents.json")
         items = json.loads(data.read_text("utf-8"))
-    except (ModuleNotFoundError, FileNotFoundError):
-        return []
-    return [item["pattern"] for item in items if isinstance(item.get("pattern"), str)]
+    except ModuleNotFoundError:
+        raise CatalogError(
+            "the crawler-user-agents package is not installed; "
+            "reinstall gatekeeper with its dependencies"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise CatalogError(f"cannot read the crawler-user-agents data: {exc}") from None
+    if not isinstance(items, list) or not all(
+        isinstance(item, dict) and isinstance(item.get("pattern"), str) for item in items
+    ):
+        raise CatalogError("the crawler-user-agents data is not a list of patterns")
+    return items

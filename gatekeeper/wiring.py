@@ -102,11 +102,14 @@ def proxy_app(c: Components) -> web.Application:
         await session.close()
         await c.store.close()
 
-    async def handle(request: web.Request) -> web.StreamResponse:
+    # A middleware, not a route: the router cannot match every request target
+    # (CONNECT's authority form, "*"), and the proxy must answer those itself.
+    @web.middleware
+    async def handle(request: web.Request, handler: Any) -> web.StreamResponse:
         return await holder["proxy"].handle(request)
 
+    app.middlewares.append(handle)
     app.cleanup_ctx.append(session_ctx)
-    app.router.add_route("*", "/{tail:.*}", handle)
     return app
 
 

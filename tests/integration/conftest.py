@@ -1,0 +1,211 @@
+"""Real parts on real sockets: a recording upstream and Gatekeeper's proxy app,
+both aiohttp servers on 127.0.0.1 with ports chosen by the kernel."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from gatekeeper import wiring
+from gatekeeper.edge.server import Listeners
+from gatekeeper.observe import logging as gk_logging
+from gatekeeper.settings import Settings
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class Seen:
+    method: str
+    raw_path: str
+    headers: list[tuple[str, str]]
+    body_sha256: str
+    body_len: int
+
+
+@dataclass
+class Upstream:
+    url: str
+    port: int
+    seen: list[Seen] = field(default_factory=list)
+    connections: set[tuple[str, int]] = field(default_factory=set)
+
+    def paths(self) -> list[str]:
+        return [s.raw_path for s in self.seen]
+
+
+def _upstream_app(state: Upstream) -> web.Application:
+    async def record(request: web.Request) -> Seen:
+        digest = hashlib.sha256()
+        n = 0
+        async for chunk in request.content.iter_any():
+            digest.update(chunk)
+            n += len(chunk)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if peer:
+            state.connections.add((peer[0], peer[1]))
+        seen = Seen(request.method, request.raw_path, list(request.headers.items()),
+                    digest.hexdigest(), n)
+        state.seen.append(seen)
+        return seen
+
+    async def echo(request: web.Request) -> web.Response:
+        seen = await record(request)
+        return web.json_response(dataclasses.asdict(seen))
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        await record(request)
+        size = int(request.query.get("mib", "50")) * MiB
+        resp = web.StreamResponse()
+        resp.content_length = size
+        await resp.prepare(request)
+        block = bytes(range(256)) * 256  # 64 KiB, not compressible by accident
+        sent = 0
+        while sent < size:
+            await resp.write(block)
+            sent += len(block)
+        await resp.write_eof()
+        return resp
+
+    async def slow(request: web.Request) -> web.Response:
+        await record(request)
+        await asyncio.sleep(float(request.query.get("s", "5")))
+        return web.Response(text="late")
+
+    async def redirect(request: web.Request) -> web.Response:
+        await record(request)
+        raise web.HTTPFound("/elsewhere")
+
+    async def set_cookie(request: web.Request) -> web.Response:
+        await record(request)
+        resp = web.Response(text="cookie set")
+        resp.set_cookie("session", "client-a-secret")
+        resp.headers.add("Set-Cookie", "second=2")
+        return resp
+
+    async def gzipped(request: web.Request) -> web.Response:
+        await record(request)
+        import gzip
+
+        return web.Response(body=gzip.compress(b"hello " * 1000),
+                            headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"})
+
+    async def reset_mid_body(request: web.Request) -> web.StreamResponse:
+        await record(request)
+        resp = web.StreamResponse()
+        resp.content_length = 10 * MiB
+        await resp.prepare(request)
+        await resp.write(b"x" * 65536)
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
+    async def ws(request: web.Request) -> web.WebSocketResponse:
+        await record(request)
+        sock = web.WebSocketResponse(protocols=("chat",))
+        await sock.prepare(request)
+        async for msg in sock:
+            if msg.type == web.WSMsgType.TEXT:
+                await sock.send_str("echo:" + msg.data)
+            elif msg.type == web.WSMsgType.BINARY:
+                await sock.send_bytes(msg.data[::-1])
+        return sock
+
+    app = web.Application(client_max_size=200 * MiB)
+    app.router.add_route("*", "/big", big)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/redirect", redirect)
+    app.router.add_get("/set-cookie", set_cookie)
+    app.router.add_get("/gzip", gzipped)
+    app.router.add_get("/reset", reset_mid_body)
+    app.router.add_get("/ws", ws)
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    state = Upstream("", 0)
+    runner = web.AppRunner(_upstream_app(state), auto_decompress=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    state.url, state.port = f"http://127.0.0.1:{port}", port
+    yield state
+    await runner.cleanup()
+
+
+@dataclass
+class Gatekeeper:
+    url: str
+    port: int
+    components: wiring.Components
+
+
+StartGate = Callable[..., Awaitable[Gatekeeper]]
+
+
+@pytest.fixture
+async def start_gatekeeper(tmp_path: Path) -> AsyncIterator[StartGate]:
+    listeners: list[Listeners] = []
+    gk_logging.configure("json", "warning")
+
+    async def start(upstream_url: str, policy: str | None = None, **overrides: Any) -> Gatekeeper:
+        policy_file = ""
+        if policy is not None:
+            path = tmp_path / f"policy-{len(listeners)}.yaml"
+            path.write_text(policy)
+            policy_file = str(path)
+        settings = dataclasses.replace(
+            Settings(), upstream=upstream_url, listen="127.0.0.1:0", policy=policy_file,
+            **overrides,
+        )
+        components = wiring.build(settings, CollectorRegistry())
+        lst = Listeners()
+        port = await lst.start(wiring.proxy_app(components), "127.0.0.1:0", settings)
+        listeners.append(lst)
+        return Gatekeeper(f"http://127.0.0.1:{port}", port, components)
+
+    yield start
+    for lst in listeners:
+        await lst.stop()
+
+
+async def raw_request(port: int, data: bytes, timeout: float = 5.0,
+                      source: str = "127.0.0.1") -> bytes:
+    """Send bytes as they are (no client normalises anything) and read until close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    writer.write(data)
+    await writer.drain()
+    chunks = []
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    except TimeoutError:
+        pass
+    writer.close()
+    return b"".join(chunks)
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/") else 0
+
+
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+GPTBOT = ("Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2; "
+          "+https://openai.com/gptbot)")

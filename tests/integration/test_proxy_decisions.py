@@ -1,0 +1,237 @@
+"""The gate in front of a real upstream: what is forwarded, what is answered, and
+that a denied request never reaches the upstream."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+
+from tests.integration.conftest import BROWSER, GPTBOT, StartGate, Upstream, raw_request, status_of
+
+PREMIUM_BLOCKED = """
+version: 1
+rules:
+  - name: block-premium
+    match: {paths: ["/premium/**"]}
+    action: block
+"""
+
+
+async def test_browser_is_forwarded_and_gptbot_blocked_without_reaching_upstream(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(gk.url + "/article", headers={"User-Agent": BROWSER}) as r:
+            assert r.status == 200
+            assert (await r.json())["raw_path"] == "/article"
+        async with s.get(gk.url + "/article", headers={"User-Agent": GPTBOT}) as r:
+            assert r.status == 403
+            body = await r.json()
+            assert body == {"error": "blocked", "rule": "block-ai-training", "status": 403}
+    assert upstream.paths() == ["/article"]
+
+
+async def test_gptbot_may_still_read_robots_txt(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url)
+    async with aiohttp.ClientSession() as s, s.get(
+        gk.url + "/robots.txt", headers={"User-Agent": GPTBOT}
+    ) as r:
+        assert r.status == 200
+    assert upstream.paths() == ["/robots.txt"]
+
+
+async def test_rate_limited_assistant_gets_429_with_retry_after(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    policy = """
+version: 1
+rules:
+  - match: {purposes: [ai-assistant]}
+    action: {rate_limit: {rate: 1/h, burst: 2}}
+"""
+    gk = await start_gatekeeper(upstream.url, policy)
+    ua = "Mozilla/5.0 (compatible; ChatGPT-User/1.0; +https://openai.com/bot)"
+    statuses = []
+    async with aiohttp.ClientSession() as s:
+        for _ in range(3):
+            async with s.get(gk.url + "/a", headers={"User-Agent": ua}) as r:
+                statuses.append(r.status)
+                retry_after = r.headers.get("Retry-After")
+    assert statuses == [200, 200, 429]
+    assert retry_after is not None and int(retry_after) > 0
+    assert len(upstream.seen) == 2
+
+
+async def test_require_license_answers_402_with_machine_readable_terms(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    policy = """
+version: 1
+licenses:
+  - {name: ai-train-standard, usages: [ai-train]}
+rules:
+  - match: {purposes: [ai-training]}
+    action: {require_license: {any_of: [ai-train-standard]}}
+"""
+    gk = await start_gatekeeper(upstream.url, policy)
+    async with aiohttp.ClientSession() as s, s.get(
+        gk.url + "/a", headers={"User-Agent": GPTBOT}
+    ) as r:
+        assert r.status == 402
+        body = await r.json()
+        assert body["licenses"] == ["ai-train-standard"]
+        assert 'rel="license"' in r.headers["Link"]
+    assert upstream.seen == []
+
+
+async def test_monitor_mode_forwards_what_would_be_blocked(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    policy = "version: 1\nmode: monitor\nrules:\n  - match: {purposes: [ai-training]}\n" \
+             "    action: block\n"
+    gk = await start_gatekeeper(upstream.url, policy)
+    async with aiohttp.ClientSession() as s, s.get(
+        gk.url + "/a", headers={"User-Agent": GPTBOT}
+    ) as r:
+        assert r.status == 200
+    assert upstream.paths() == ["/a"]
+
+
+async def test_path_tricks_never_reach_a_blocked_path(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url, PREMIUM_BLOCKED)
+    tricks = [
+        "/premium/report", "/a/../premium/report", "/%2e%2e/premium/report",
+        "/free/%2E%2E/premium/report", "//premium/report", "/./premium/report",
+        "/premium/%2Freport", "/premium%2freport", "/free/..%2fpremium/report",
+        "/premium\\report", "/%70remium/report", "/free//../premium/report",
+    ]
+    statuses = {}
+    for target in tricks:
+        req = (f"GET {target} HTTP/1.1\r\nHost: site.example\r\nUser-Agent: {BROWSER}\r\n"
+               "Connection: close\r\n\r\n").encode()
+        statuses[target] = status_of(await raw_request(gk.port, req))
+    assert all(code in (400, 403) for code in statuses.values()), statuses
+    assert not any("premium" in p.lower() for p in upstream.paths()), upstream.paths()
+
+
+async def test_canonical_path_is_what_upstream_receives(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url)
+    req = (b"GET /a/./b/../c//d/%7Euser/%e2%82%ac?q=%2F..&x=1 HTTP/1.1\r\nHost: h\r\n"
+           b"Connection: close\r\n\r\n")
+    assert status_of(await raw_request(gk.port, req)) == 200
+    assert upstream.paths() == ["/a/c/d/~user/%E2%82%AC?q=%2F..&x=1"]
+
+
+async def test_ambiguous_requests_get_400_and_upstream_sees_nothing(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url)
+    cases = [
+        b"GET http://evil.example/admin HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"GET /a%00b HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /a%zz HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /a HTTP/1.1\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: user@h\r\n\r\n",
+    ]
+    for raw in cases:
+        response = await raw_request(gk.port, raw, timeout=2)
+        assert status_of(response) in (400, 0), (raw, response[:80])
+    assert upstream.seen == []
+    counted = gk.components.registry.get_sample_value
+    assert sum(
+        counted("gatekeeper_bad_requests_total", {"reason": r}) or 0
+        for r in ("absolute_form", "connect", "asterisk_form", "ambiguous_framing", "nul",
+                  "bad_escape", "bad_host")
+    ) >= 7
+
+
+async def test_spoofed_forwarded_for_from_untrusted_peer_is_replaced(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url)
+    req = (b"GET /a HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 66.249.66.1\r\n"
+           b"X-Real-IP: 66.249.66.1\r\nForwarded: for=66.249.66.1\r\nTrue-Client-IP: 1.1.1.1\r\n"
+           b"X-Gatekeeper-Decision: allow\r\nX_Forwarded_For: 9.9.9.9\r\n"
+           b"Connection: close\r\n\r\n")
+    assert status_of(await raw_request(gk.port, req, source="127.0.0.7")) == 200
+    headers = upstream.seen[0].headers
+    names = [k.lower() for k, _ in headers]
+    assert dict((k.lower(), v) for k, v in headers)["x-forwarded-for"] == "127.0.0.7"
+    assert dict((k.lower(), v) for k, v in headers)["x-real-ip"] == "127.0.0.7"
+    assert dict((k.lower(), v) for k, v in headers)["forwarded"].startswith("for=127.0.0.7;")
+    assert names.count("x-forwarded-for") == 1
+    for dropped in ("true-client-ip", "x-gatekeeper-decision", "x_forwarded_for"):
+        assert dropped not in names
+
+
+async def test_trusted_proxy_chain_is_walked_right_to_left(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url, trusted_proxies=("127.0.0.2/32", "10.0.0.0/8"))
+    req = (b"GET /a HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 203.0.113.9, 198.51.100.4, "
+           b"10.1.2.3\r\nConnection: close\r\n\r\n")
+    assert status_of(await raw_request(gk.port, req, source="127.0.0.2")) == 200
+    xff = dict((k.lower(), v) for k, v in upstream.seen[0].headers)["x-forwarded-for"]
+    # 10.1.2.3 is a trusted hop, 198.51.100.4 is the first untrusted address: the client.
+    assert xff == "10.1.2.3, 198.51.100.4"
+
+
+async def test_hop_by_hop_and_connection_nominated_headers_never_reach_upstream(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url)
+    req = (b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Secret, X-Forwarded-For\r\n"
+           b"Keep-Alive: timeout=5\r\nX-Secret: s3cr3t\r\nTE: trailers\r\nTrailer: X-T\r\n"
+           b"Proxy-Authorization: Basic eA==\r\nUpgrade: h2c\r\nX-Kept: yes\r\n\r\n")
+    await raw_request(gk.port, req, timeout=1)
+    names = {k.lower() for k, _ in upstream.seen[0].headers}
+    for gone in ("x-secret", "keep-alive", "te", "trailer", "proxy-authorization", "upgrade"):
+        assert gone not in names
+    assert "x-kept" in names
+    # Connection cannot nominate the gate's own forwarded headers away.
+    assert "x-forwarded-for" in names
+
+
+async def test_response_headers_keep_duplicates_and_lose_hop_by_hop(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url)
+    async with aiohttp.ClientSession() as s, s.get(gk.url + "/set-cookie") as r:
+        assert len(r.headers.getall("Set-Cookie")) == 2
+
+
+async def test_metrics_count_decisions_by_crawler_and_action(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url)
+    async with aiohttp.ClientSession() as s:
+        for ua in (BROWSER, GPTBOT, GPTBOT):
+            async with s.get(gk.url + "/a", headers={"User-Agent": ua}) as r:
+                await r.read()
+    value = gk.components.registry.get_sample_value
+    assert value("gatekeeper_requests_total", {
+        "crawler": "GPTBot", "purpose": "ai-training", "identity": "unverified",
+        "action": "block", "reason": "blocked"}) == 2
+    assert value("gatekeeper_requests_total", {
+        "crawler": "unknown", "purpose": "none", "identity": "unknown",
+        "action": "allow", "reason": "allowed"}) == 1
+    assert value("gatekeeper_rule_matches_total",
+                 {"rule": "block-ai-training", "action": "block"}) == 2
+
+
+def _json(body: bytes) -> dict[str, object]:
+    return json.loads(body.split(b"\r\n\r\n", 1)[1])  # type: ignore[no-any-return]
