@@ -22,8 +22,9 @@ How a user agent is classified (`Catalog.classify`):
    result never depends on the catalog's order.
 4. Without a catalog token the agent is `other-bot` when it names an HTTP
    library or headless tool, or when one of the generic crawler patterns
-   matches it (one RE2 set, linear time, run on the original string because
-   those patterns are written case-sensitively). An empty agent is `other-bot`
+   or one of our few self-declaration patterns (a URL, a "...Bot/" product)
+   matches it: one RE2 set, linear time, run on the original string because
+   those patterns are written case-sensitively. An empty agent is `other-bot`
    too. Anything else is `unknown`: browser-like, or nothing recognisable.
 """
 
@@ -112,6 +113,13 @@ BOT_LIBRARY_TOKENS: tuple[str, ...] = (
     "postmanruntime/", "insomnia/", "httpie/", "powershell/", "windowspowershell/",
     "dart:io", "winhttp", "mechanize/", "zgrab/", "masscan/",
 )
+# How bots outside both lists still give themselves away. Browsers never put a URL
+# in their user agent, and a product named "...Bot/1.0" or "...Crawler;" is
+# self-declared. Case-sensitive on purpose: "CUBOT" is a phone, "FooBot" is not.
+SELF_DECLARED_BOT_PATTERNS: tuple[str, ...] = (
+    r"https?://",
+    r"(?:[Bb]ot|[Cc]rawler|[Ss]pider|[Ss]craper)(?:[/;)]|$)",
+)
 # Whole user agents that say nothing but are typical defaults of scripts.
 _BOT_PLACEHOLDERS = frozenset({"-", "mozilla", "mozilla/4.0", "mozilla/5.0", "node", "null"})
 
@@ -157,7 +165,9 @@ class Catalog:
                     f"(also as {self._by_name[key].name!r})"
                 )
             self._by_name[key] = crawler
-        generic, self.skipped_patterns = _compile_generic(generic_bot_patterns)
+        generic, self.skipped_patterns = _compile_generic(
+            (*SELF_DECLARED_BOT_PATTERNS, *generic_bot_patterns)
+        )
         tables = _Tables(_compile_tokens(self._crawlers), generic)
         # A per-instance cache around a function of the tables, not of `self`:
         # dropping the catalog drops its cache, and no reference cycle holds either.

@@ -68,6 +68,8 @@ def _upstream_app(state: Upstream) -> web.Application:
         resp = web.StreamResponse()
         resp.content_length = size
         await resp.prepare(request)
+        if request.method == "HEAD":
+            return resp
         block = bytes(range(256)) * 256  # 64 KiB, not compressible by accident
         sent = 0
         while sent < size:

@@ -62,7 +62,8 @@ rules:
                 statuses.append(r.status)
                 retry_after = r.headers.get("Retry-After")
     assert statuses == [200, 200, 429]
-    assert retry_after is not None and int(retry_after) > 0
+    assert retry_after is not None
+    assert int(retry_after) > 0
     assert len(upstream.seen) == 2
 
 

@@ -38,7 +38,9 @@ def catalog():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(
-    ("policy_name", "case"), [(p, c) for p, _, c in CASES], ids=[f"{f}:{c['name']}" for _, f, c in CASES]
+    ("policy_name", "case"),
+    [(p, c) for p, _, c in CASES],
+    ids=[f"{f}:{c['name']}" for _, f, c in CASES],
 )
 async def test_decision_vector(policy_name: str, case: dict[str, Any], catalog) -> None:  # type: ignore[no-untyped-def]
     if policy_name == "default":

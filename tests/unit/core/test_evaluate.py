@@ -168,7 +168,9 @@ def test_rate_limit_without_bucket_result_is_a_programming_error() -> None:
 def test_monitor_rule_forwards_and_says_so() -> None:
     policy = Policy(rules=(rule("watch", Monitor()),))
     d = decide(policy, select(policy, facts(), GPT, Identity.UNVERIFIED))
-    assert d.forward and d.reason is Reason.MONITORED and d.action == "monitor"
+    assert d.forward
+    assert d.reason is Reason.MONITORED
+    assert d.action == "monitor"
 
 
 @pytest.mark.parametrize(
@@ -192,4 +194,5 @@ def test_monitor_mode_turns_every_denial_into_a_dry_run(
 def test_default_action_applies_when_nothing_matches() -> None:
     policy = Policy(rules=(), default=Block(status=403))
     d = decide(policy, select(policy, facts(), UNKNOWN, Identity.UNKNOWN))
-    assert d.rule == "default" and d.status == 403
+    assert d.rule == "default"
+    assert d.status == 403
