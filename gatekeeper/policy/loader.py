@@ -172,9 +172,19 @@ class _Builder:
         return root
 
     # -- generic node access ----------------------------------------------------------------
+    def tagged(self, node: Node, field: str) -> bool:
+        """Explicit tags (`!!python/...`, custom `!tags`) are refused outright: a policy is
+        plain data, and nothing in it may ask a loader to build objects."""
+        if node.tag in _PLAIN_TAGS:
+            return False
+        self.error(node, field or "(document)", f"YAML tags are not allowed ({node.tag})")
+        return True
+
     def mapping(
         self, node: Node, field: str, allowed: frozenset[str] | None
     ) -> dict[str, Node] | None:
+        if self.tagged(node, field):
+            return None
         if not isinstance(node, MappingNode):
             self.error(node, field or "(document)", "expected a mapping of key: value")
             return None
@@ -195,6 +205,8 @@ class _Builder:
         return out
 
     def sequence(self, node: Node, field: str) -> list[Node]:
+        if self.tagged(node, field):
+            return []
         if isinstance(node, SequenceNode):
             return list(node.value)
         if isinstance(node, ScalarNode) and node.tag.endswith(":null"):
@@ -203,6 +215,8 @@ class _Builder:
         return []
 
     def scalar(self, node: Node, field: str, kind: type) -> Any:
+        if self.tagged(node, field):
+            return None
         if not isinstance(node, ScalarNode):
             self.error(node, field, f"expected {_KIND_NAMES[kind]}")
             return None
@@ -617,6 +631,9 @@ class _Builder:
         return rules
 
 
+_PLAIN_TAGS = frozenset(
+    f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map")
+)
 _KIND_NAMES: dict[type, str] = {
     str: "text", int: "a whole number", float: "a number", bool: "true or false",
 }
