@@ -44,5 +44,5 @@ def test_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored() -> None:
 
 
 def test_invalid_trusted_proxy_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="'10.0.0.300/8'"):
+    with pytest.raises(ValueError, match=r"'10\.0\.0\.300/8'"):
         TrustedProxies.from_cidrs(["10.0.0.300/8"])
