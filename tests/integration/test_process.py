@@ -196,3 +196,14 @@ async def _wait_for(condition, timeout: float = 10.0) -> None:  # type: ignore[n
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
+
+
+def test_refuses_to_start_on_the_pure_python_http_parser() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gatekeeper", "run", "--upstream", "http://127.0.0.1:1",
+         "--listen", f"127.0.0.1:{free_port()}", "--admin-listen", f"127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=30,
+        env={**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"},
+    )
+    assert proc.returncode == 2
+    assert "C HTTP parser is not in use" in proc.stderr
