@@ -208,9 +208,19 @@ class _EntryChecker:
         return tuple(value)
 
 
+# crawler-user-agents patterns that also match clients people browse with.
+GENERIC_PATTERN_EXCLUSIONS: dict[str, str] = {
+    "Sonic": "Slack's desktop app says 'Sonic Slack_SSB/4.41'",
+}
+
+
 def generic_bot_patterns() -> list[str]:
-    """The patterns of the installed `crawler-user-agents` package."""
-    return [item["pattern"] for item in generic_bot_entries()]
+    """The patterns of the installed `crawler-user-agents` package, less the exclusions."""
+    return [
+        item["pattern"]
+        for item in generic_bot_entries()
+        if item["pattern"] not in GENERIC_PATTERN_EXCLUSIONS
+    ]
 
 
 def generic_bot_entries() -> list[dict[str, Any]]:

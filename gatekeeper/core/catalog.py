@@ -13,9 +13,10 @@ How a user agent is classified (`Catalog.classify`):
      ("landau-media-spider" is not "spider"). Nor "/", "." or "@", which put
      the hit inside a URL or an address ("serverhunter.com/spider/"), unless
      the token is itself a host name ("panscient.com").
-   - not right after "like " or "with ", the way agents name whom they
+   - not right after "like ", "with " or "following ", the way agents name whom they
      imitate ("Feedly/1.0 (...; like FeedFetcher-Google)").
-   A side where the token itself ends in punctuation ("code/") needs no check.
+   A side where the token itself ends in punctuation ("code/", "pingdom.com_bot_version_")
+   needs no check: the token already says where it stops.
 3. When several catalog tokens match, the longest token wins, then the one that
    starts first. Length first makes the specific entry beat the generic one
    ("googlebot-image" over "googlebot"); position only breaks ties, so the
@@ -127,8 +128,9 @@ CACHE_SIZE = 4096
 # RE2 builds its DFA lazily inside this budget; the generic set needs a few MB.
 _RE2_MAX_MEM = 64 << 20
 
-_WORD = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
-_IMITATION = ("like ", "with ")
+_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_WORD = _ALNUM | {"_"}
+_IMITATION = ("like ", "with ", "following ")
 _CATALOG_RANK = 1  # any catalog token beats any library token
 _LIBRARY_RANK = 0
 
@@ -142,7 +144,7 @@ def normalize(user_agent: str) -> str:
 class _Tables:
     """Everything `_classify` reads: compiled once, never mutated afterwards."""
 
-    automaton: Any  # ahocorasick.Automaton, or None when there are no tokens
+    automaton: Any  # ahocorasick.Automaton: token -> (rank, length, result)
     generic: Any  # re2.Set, or None when there are no generic patterns
 
 
@@ -198,7 +200,7 @@ class Catalog:
 def _compile_tokens(crawlers: tuple[Crawler, ...]) -> Any:
     automaton = ahocorasick.Automaton()
     for token in BOT_LIBRARY_TOKENS:
-        automaton.add_word(token, (_LIBRARY_RANK, len(token), None))
+        automaton.add_word(token, (_LIBRARY_RANK, len(token), OTHER_BOT))
     owners: dict[str, str] = {}
     for crawler in crawlers:
         for raw in crawler.ua_tokens:
@@ -212,7 +214,9 @@ def _compile_tokens(crawlers: tuple[Crawler, ...]) -> Any:
                 )
             owners[token] = crawler.name
             # Added after the library tokens so a catalog entry replaces an equal one.
-            automaton.add_word(token, (_CATALOG_RANK, len(token), crawler))
+            # The result is built here once, not on every classification.
+            result = Classification(Kind.CRAWLER, crawler)
+            automaton.add_word(token, (_CATALOG_RANK, len(token), result))
     automaton.make_automaton()
     return automaton
 
@@ -242,19 +246,17 @@ def _classify(tables: _Tables, user_agent: str) -> Classification:
     ua = normalize(user_agent)
     if not ua or ua in _BOT_PLACEHOLDERS:
         return OTHER_BOT
-    best: tuple[int, int, int] | None = None  # rank, length, -start: larger is better
-    best_crawler: Crawler | None = None
-    for end, (rank, length, crawler) in tables.automaton.iter(ua):
+    best_key: tuple[int, int, int] | None = None  # rank, length, -start: larger wins
+    best = UNKNOWN
+    for end, (rank, length, result) in tables.automaton.iter(ua):
         start = end - length + 1
         if not _on_boundaries(ua, start, end):
             continue
         key = (rank, length, -start)
-        if best is None or key > best:
-            best, best_crawler = key, crawler
-    if best_crawler is not None:
-        return Classification(Kind.CRAWLER, best_crawler)
-    if best is not None:
-        return OTHER_BOT
+        if best_key is None or key > best_key:
+            best_key, best = key, result
+    if best_key is not None:
+        return best
     if tables.generic is not None and tables.generic.Match(user_agent):
         return OTHER_BOT
     return UNKNOWN
@@ -262,7 +264,7 @@ def _classify(tables: _Tables, user_agent: str) -> Classification:
 
 def _on_boundaries(ua: str, start: int, end: int) -> bool:
     """True when ua[start:end + 1] stands as a name of its own (module docstring, step 2)."""
-    if start > 0 and ua[start] in _WORD:
+    if start > 0 and ua[start] in _ALNUM:
         before = ua[start - 1]
         if before in _WORD or before == "-":
             return False
@@ -270,4 +272,4 @@ def _on_boundaries(ua: str, start: int, end: int) -> bool:
             return False
         if ua.endswith(_IMITATION, 0, start):
             return False
-    return not (end + 1 < len(ua) and ua[end] in _WORD and ua[end + 1] in _WORD)
+    return not (end + 1 < len(ua) and ua[end] in _ALNUM and ua[end + 1] in _WORD)

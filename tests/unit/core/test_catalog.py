@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gatekeeper.catalog_loader import generic_bot_entries, load_catalog
 from gatekeeper.core.catalog import (
@@ -211,6 +213,20 @@ def test_generic_patterns_are_case_sensitive_and_skipped_when_re2_cannot_compile
     assert catalog.skipped_patterns == 2
     assert catalog.classify("Mozilla/5.0 Thing").kind is Kind.OTHER_BOT
     assert catalog.classify("Mozilla/5.0 thing").kind is Kind.UNKNOWN
+
+
+SMALL = small()
+
+
+@given(st.text(max_size=300))
+def test_any_text_classifies_without_error(ua: str) -> None:
+    assert SMALL.classify(ua).kind in set(Kind)
+
+
+@given(st.text(max_size=60), st.text(max_size=60))
+def test_a_token_standing_as_a_product_is_never_missed(before: str, after: str) -> None:
+    # Whatever surrounds it; a longer token in the surroundings may win instead.
+    assert SMALL.classify(f"{before} (compatible; GPTBot/1.1; {after}").crawler is not None
 
 
 # --- the cache -----------------------------------------------------------------------
