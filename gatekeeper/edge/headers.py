@@ -1,82 +1,104 @@
-"""Header hygiene, in one place for every adapter.
+"""Header hygiene for every adapter, in one place.
 
-Towards the upstream: hop-by-hop headers and every header named in
-`Connection` are dropped, so are client-supplied copies of identity headers
-(`X-Forwarded-*`, `Forwarded`, `X-Real-IP`, ... and Gatekeeper's own
-`X-Gatekeeper-*`, in any `-`/`_`/`.` spelling, since some origins treat those
-alike). Gatekeeper's forwarded headers are added after that pass, so a
-`Connection` header can never remove them. Framing headers are dropped too:
-the client re-frames the streamed body itself.
+Towards the upstream (`upstream_request_headers`), one pass over the client's
+headers keeps their order and duplicates and drops:
+- the hop-by-hop set and every header named in `Connection` (RFC 9110 §7.6.1);
+- identity headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`, ... and
+  Gatekeeper's own `X-Gatekeeper-*`) and URL-override headers
+  (`X-Original-URL`, `X-Rewrite-URL`). Names are compared after lower-casing
+  and mapping `_` and `.` to `-`, because CGI, WSGI, PHP and some nginx set-ups
+  fold `X_Forwarded_For` and `x.real.ip` into the trusted name;
+- `Content-Length`, `Transfer-Encoding` and `Expect`: the aiohttp server has
+  answered `100-continue` already, and the client re-frames the streamed body
+  (see `body_framing`).
+`Host` is kept, so that name-based virtual hosting upstream still works.
+Gatekeeper's own headers are added only after that pass, so a `Connection`
+header can never remove them (Traefik CVE-2024-45410).
 
-Towards the client: hop-by-hop and `Connection`-nominated headers are dropped;
-order and duplicates (several `Set-Cookie`) are kept.
+Towards the client (`downstream_response_headers`), hop-by-hop and
+`Connection`-nominated headers are dropped, and so is any value with CR, LF
+or NUL. Order and duplicates, such as several `Set-Cookie`, are kept.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, MultiMapping
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-        "upgrade", "proxy-authenticate", "proxy-authorization",
-    }
-)
-# Identity headers a client must never set for the upstream (normalised spelling).
-_IDENTITY = frozenset(
-    {
-        "forwarded", "x-real-ip", "true-client-ip", "cf-connecting-ip", "x-client-ip",
-        "x-cluster-client-ip", "fastly-client-ip", "x-original-forwarded-for",
-    }
-)
-_IDENTITY_PREFIXES = ("x-forwarded-", "x-gatekeeper-")
-# Handled by the server and client themselves; forwarding them would double-frame.
-_FRAMING = frozenset({"content-length", "expect", "host"})
+from gatekeeper.edge.client_ip import canonical_ip
+from gatekeeper.edge.target import BadRequest
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+    "upgrade", "proxy-authenticate", "proxy-authorization",
+})
+# Headers that claim who the client is or how it reached us. Only Gatekeeper sets
+# them. The "x-forwarded-" and "x-gatekeeper-" prefixes are covered as a whole.
+IDENTITY_HEADERS = frozenset({
+    "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port",
+    "x-forwarded-prefix", "forwarded", "x-real-ip", "true-client-ip", "cf-connecting-ip",
+    "x-client-ip", "x-cluster-client-ip", "fastly-client-ip", "x-original-forwarded-for",
+})
+IDENTITY_PREFIXES = ("x-forwarded-", "x-gatekeeper-")
+# IIS, Symfony and Laminas route on these instead of the request line. Passing
+# them would let the upstream serve a path other than the one the gate decided on.
+URL_OVERRIDE_HEADERS = frozenset({"x-original-url", "x-rewrite-url"})
+# Re-framed or answered by Gatekeeper itself.
+_FRAMING = frozenset({"content-length", "expect"})
+# `Connection` may name these, but it has no effect on them. Dropping Host would
+# make the client send the upstream's own name instead. "close" names no header.
+_NOT_NOMINATABLE = frozenset({"host", "close"})
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_SECRET_WORDS = ("authorization", "cookie", "token", "secret", "key", "session")
-
-_drop_cache: dict[str, bool] = {}
-
-
-def _norm(name: str) -> str:
-    n = name.lower()
-    if "_" in n or "." in n:
-        n = n.replace("_", "-").replace(".", "-")
-    return n
+_SECRET_WORDS = ("authorization", "cookie", "token", "secret", "key", "session", "password")
+REDACTED = "[redacted]"
 
 
-def _dropped(name: str, nominated: frozenset[str]) -> bool:
-    """Whether a client request header must not reach the upstream (cached per name)."""
-    hit = _drop_cache.get(name) if not nominated else None
-    if hit is None:
-        n = _norm(name)
-        hit = (
-            n in HOP_BY_HOP or n in _FRAMING or n in _IDENTITY
-            or n.startswith(_IDENTITY_PREFIXES) or n in nominated
-        )
-        if not nominated and len(_drop_cache) < 4096:
-            _drop_cache[name] = hit
-    return hit
+def normalise_name(name: str) -> str:
+    """Lower case with `_` and `.` read as `-`: how lenient origins compare names."""
+    name = name.lower()
+    if "_" in name or "." in name:
+        name = name.replace("_", "-").replace(".", "-")
+    return name
+
+
+# Header names repeat from request to request, so their normal forms are cached.
+_normalised = functools.lru_cache(maxsize=4096)(normalise_name)
 
 
 def is_identity_header(name: str) -> bool:
-    n = _norm(name)
-    return n in _IDENTITY or n.startswith(_IDENTITY_PREFIXES)
+    """Whether only Gatekeeper may set `name` on an upstream request."""
+    norm = normalise_name(name)
+    return norm in IDENTITY_HEADERS or norm.startswith(IDENTITY_PREFIXES)
 
 
-def connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
-    getall = getattr(headers, "getall", None)
-    values = getall("Connection", []) if getall else [headers.get("Connection", "")]
+@functools.lru_cache(maxsize=4096)
+def _never_forwarded(name: str) -> bool:
+    norm = normalise_name(name)
+    return (
+        norm in HOP_BY_HOP
+        or norm in _FRAMING
+        or norm in URL_OVERRIDE_HEADERS
+        or norm in IDENTITY_HEADERS
+        or norm.startswith(IDENTITY_PREFIXES)
+    )
+
+
+def connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
+    """The names in all `Connection` lines, normalised like `normalise_name`."""
     return frozenset(
-        _norm(tok.strip()) for v in values for tok in v.split(",") if tok.strip()
+        normalise_name(token.strip())
+        for line in headers.getall("Connection", ())
+        for token in line.split(",")
+        if token.strip()
     )
 
 
 def upstream_request_headers(
-    incoming: CIMultiDictProxy[str] | CIMultiDict[str],
+    incoming: MultiMapping[str],
     *,
     client_ip: str,
     host: str,
@@ -84,61 +106,126 @@ def upstream_request_headers(
     forwarded_for_chain: Sequence[str] = (),
     extra: Iterable[tuple[str, str]] = (),
 ) -> CIMultiDict[str]:
-    nominated = connection_tokens(incoming) if "Connection" in incoming else frozenset()
+    """The headers to send upstream; see the module docstring.
+
+    Added, in this order, after the client's own:
+    - `X-Forwarded-For: <chain>, <client_ip>`, where `forwarded_for_chain` is
+      `ClientAddress.chain`. The client is always the last entry, and the only
+      one when no proxy is trusted. An origin that trusts only Gatekeeper and
+      takes the rightmost address (nginx realip) gets the same client the gate
+      decided on. Entries left of the client are never passed on, because
+      nobody vouches for them.
+    - `X-Forwarded-Proto: <proto>`, `X-Forwarded-Host: <host>`, `X-Real-IP: <client_ip>`.
+    - `Forwarded: for=<client_ip>;proto=<proto>;host=<host>`, quoted per
+      RFC 7239 (`for="[2001:db8::1]"`).
+    - `extra`, usually the gate's `X-Gatekeeper-*`. A value with CR, LF or NUL is dropped.
+    """
+    # Tokens that name a header dropped anyway ("keep-alive" nearly always) are
+    # left out, so the usual request skips the per-header comparison below.
+    nominated = {
+        token for token in connection_tokens(incoming) - _NOT_NOMINATABLE
+        if not _never_forwarded(token)
+    }
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
-        if not _dropped(name, nominated):
-            out.add(name, value)
-    original_host = incoming.get("Host")
-    if original_host is not None:
-        # The client's Host is kept so name-based virtual hosts upstream still work.
-        out["Host"] = original_host
-    xff = ", ".join([*forwarded_for_chain, client_ip])
-    out["X-Forwarded-For"] = xff
-    out["X-Forwarded-Proto"] = proto
-    out["X-Forwarded-Host"] = host
-    out["X-Real-IP"] = client_ip
-    out["Forwarded"] = f"for={_forwarded_node(client_ip)};proto={proto};host={_quote(host)}"
-    for name, value in extra:
+        if _never_forwarded(name) or (nominated and _normalised(name) in nominated):
+            continue
         out.add(name, value)
+    out.add("X-Forwarded-For", ", ".join([*forwarded_for_chain, client_ip]))
+    out.add("X-Forwarded-Proto", proto)
+    out.add("X-Forwarded-Host", host)
+    out.add("X-Real-IP", client_ip)
+    out.add("Forwarded", forwarded_element(client_ip, proto=proto, host=host))
+    for name, value in extra:
+        if not _BAD_VALUE.search(value):
+            out.add(name, value)
     return out
 
 
-def _forwarded_node(ip: str) -> str:
-    return f'"[{ip}]"' if ":" in ip else ip
+def websocket_request_headers(
+    incoming: MultiMapping[str],
+    *,
+    client_ip: str,
+    host: str,
+    proto: str,
+    forwarded_for_chain: Sequence[str] = (),
+    extra: Iterable[tuple[str, str]] = (),
+) -> CIMultiDict[str]:
+    """`upstream_request_headers` without the `Sec-WebSocket-*` handshake
+    headers. The WebSocket client makes its own key, version and extensions.
+    Sub-protocols go to it as an argument (see `websocket_protocols`)."""
+    out = upstream_request_headers(
+        incoming, client_ip=client_ip, host=host, proto=proto,
+        forwarded_for_chain=forwarded_for_chain, extra=extra,
+    )
+    for name in {n for n in out if n.lower().startswith("sec-websocket-")}:
+        del out[name]
+    return out
+
+
+def websocket_protocols(incoming: MultiMapping[str]) -> tuple[str, ...]:
+    """The sub-protocols the client offered, in order."""
+    return tuple(
+        token.strip()
+        for line in incoming.getall("Sec-WebSocket-Protocol", ())
+        for token in line.split(",")
+        if token.strip()
+    )
+
+
+def forwarded_element(client_ip: str, *, proto: str, host: str) -> str:
+    """One RFC 7239 element. A client that is not an IP address is `unknown`."""
+    return f"for={_node(client_ip)};proto={_quote(proto)};host={_quote(host)}"
+
+
+def _node(ip: str) -> str:
+    canonical = canonical_ip(ip)
+    if canonical is None:
+        return "unknown"
+    return f'"[{canonical}]"' if ":" in canonical else canonical
 
 
 def _quote(value: str) -> str:
-    # Host names are RFC 7230 tokens already; anything else gets quoted.
-    if value and _TOKEN.fullmatch(value):
+    if _TOKEN.fullmatch(value):
         return value
-    return '"' + value.replace('"', "").replace("\\", "") + '"'
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
 
 
-def body_framing(incoming: Mapping[str, str]) -> int | None:
-    """The declared Content-Length, or None for chunked or absent bodies."""
-    value = incoming.get("Content-Length")
-    if value is None or "Transfer-Encoding" in incoming:
+def body_framing(incoming: MultiMapping[str]) -> int | None:
+    """The declared `Content-Length`, or None when the body is chunked or absent.
+
+    BadRequest("ambiguous_framing") when the length cannot be trusted: several
+    `Content-Length` lines, anything but ASCII digits, or `Content-Length` together
+    with `Transfer-Encoding`. Guessing here would let a body be read as the next
+    request."""
+    lengths = incoming.getall("Content-Length", ())
+    if not lengths:
         return None
-    return int(value) if value.isdigit() else None
+    value = lengths[0].strip()
+    if len(lengths) > 1 or not (value.isascii() and value.isdigit()):
+        raise BadRequest("ambiguous_framing", "several or malformed Content-Length headers")
+    if "Transfer-Encoding" in incoming:
+        raise BadRequest("ambiguous_framing", "both Content-Length and Transfer-Encoding")
+    return int(value)
 
 
-def downstream_response_headers(
-    upstream: CIMultiDictProxy[str] | CIMultiDict[str],
-) -> CIMultiDict[str]:
-    nominated = connection_tokens(upstream) if "Connection" in upstream else frozenset()
+def downstream_response_headers(upstream: MultiMapping[str]) -> CIMultiDict[str]:
+    """The upstream's response headers as the client should get them; see the module docstring."""
+    nominated = connection_tokens(upstream)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
-        n = _norm(name)
-        if n in HOP_BY_HOP or n in nominated:
+        norm = _normalised(name)
+        if norm in HOP_BY_HOP or norm in nominated:
             continue
-        if "\r" in value or "\n" in value or "\x00" in value:
+        if _BAD_VALUE.search(value):
             continue  # never let an upstream split the response we send
         out.add(name, value)
     return out
 
 
-def is_websocket_upgrade(headers: Mapping[str, str]) -> bool:
+def is_websocket_upgrade(headers: MultiMapping[str]) -> bool:
+    """`Upgrade: websocket` together with the `upgrade` token in `Connection`."""
     upgrade = headers.get("Upgrade")
     return (
         upgrade is not None
@@ -148,10 +235,16 @@ def is_websocket_upgrade(headers: Mapping[str, str]) -> bool:
 
 
 def redact(headers: Mapping[str, str]) -> dict[str, str]:
-    """Headers safe to log: secrets replaced, everything else as sent."""
+    """Headers safe to log. A repeated header is joined with ", " under its first
+    spelling. Credentials become "[redacted]": Authorization, Cookie, Set-Cookie,
+    and any name containing token, secret, key, session or password."""
     out: dict[str, str] = {}
+    spelling: dict[str, str] = {}  # lower-case name -> the key used in `out`
     for name, value in headers.items():
         lowered = name.lower()
-        secret = any(word in lowered for word in _SECRET_WORDS)
-        out[name] = "[redacted]" if secret else value
+        key = spelling.setdefault(lowered, name)
+        if any(word in lowered for word in _SECRET_WORDS):
+            out[key] = REDACTED
+        else:
+            out[key] = f"{out[key]}, {value}" if key in out else value
     return out
