@@ -10,7 +10,7 @@ Every problem in the file is reported, each naming the entry and the field.
 from __future__ import annotations
 
 import json
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,14 @@ _MIN_TOKEN = 4
 def load_catalog(path: str | Path | None = None) -> Catalog:
     """The catalog in `path`, or the packaged one when `path` is None.
 
-    The packaged catalog is built once per process (it cannot change while the
-    process runs); a file given by path is read afresh on every call.
+    Compiling a catalog (automaton plus the RE2 set of about 1,500 generic
+    patterns) costs tens of milliseconds, and the CLI, the reloader and the
+    tests ask for it repeatedly, so results are cached. The packaged catalog is
+    built once per process: it cannot change while the process runs. A file
+    given by path is re-read on every call, which is cheap, and the compiled
+    catalog is reused only while the path and the text are unchanged: keying
+    the cache on the content rather than on modification times means an edit
+    is never missed, even within one timestamp tick.
     """
     if path is None:
         return _packaged()
@@ -43,13 +49,21 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise CatalogError(f"{path}: cannot read the crawler catalog: {exc.strerror}") from None
-    return parse_catalog(text, str(path))
+    return _parse_cached(text, str(path))
 
 
 @cache
 def _packaged() -> Catalog:
     text = resources.files("gatekeeper.data").joinpath("catalog.json").read_text("utf-8")
     return parse_catalog(text, PACKAGED_CATALOG)
+
+
+# A handful of files at most are in use at once (the configured one, its previous
+# version during a reload, test fixtures); the bound keeps replaced ones from piling up.
+# Failures are not cached: lru_cache does not memoise exceptions.
+@lru_cache(maxsize=8)
+def _parse_cached(text: str, where: str) -> Catalog:
+    return parse_catalog(text, where)
 
 
 def parse_catalog(text: str, where: str = "<catalog>") -> Catalog:

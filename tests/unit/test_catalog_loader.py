@@ -150,8 +150,31 @@ def test_a_file_by_path_is_read_afresh(tmp_path: Path) -> None:
     path = tmp_path / "catalog.json"
     path.write_text(document(entry()), encoding="utf-8")
     assert load_catalog(path).names == {"GPTBot"}
+    # Rewritten at once, likely within one timestamp tick: the content decides.
     path.write_text(document(entry(), entry(name="CCBot", ua_tokens=["ccbot"])), "utf-8")
     assert load_catalog(str(path)).names == {"GPTBot", "CCBot"}
+
+
+def test_an_unchanged_file_is_compiled_once(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.json"
+    path.write_text(document(entry()), encoding="utf-8")
+    first = load_catalog(path)
+    assert load_catalog(str(path)) is first
+    path.write_text(document(entry(operator="OpenAI, Inc.")), encoding="utf-8")
+    second = load_catalog(path)
+    assert second is not first
+    crawler = second.get("GPTBot")
+    assert crawler is not None
+    assert crawler.operator == "OpenAI, Inc."
+
+
+def test_a_failed_load_is_not_cached(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.json"
+    path.write_text(document(entry(purpose="training")), encoding="utf-8")
+    with pytest.raises(CatalogError, match="purpose"):
+        load_catalog(path)
+    path.write_text(document(entry()), encoding="utf-8")
+    assert load_catalog(path).names == {"GPTBot"}
 
 
 def test_optional_fields(tmp_path: Path) -> None:
