@@ -1,75 +1,136 @@
-"""The live policy: swapped atomically on a good reload, kept on a bad one."""
+"""The live policy: swapped atomically on a good reload, kept on a bad one.
+
+Every request reads `PolicyHolder.current` once, so replacing that one
+attribute is the whole swap: a request sees the old policy or the new one,
+never a mixture. `watch` polls the policy file and every file it includes
+and reloads when their content changes; SIGHUP (wired by the server)
+calls `reload` directly.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gatekeeper.core.model import Policy
-from gatekeeper.errors import PolicyError, Problem
-from gatekeeper.policy.loader import CatalogNames, load_policy_file, policy_files
+from gatekeeper.errors import Problem
+from gatekeeper.policy.loader import CatalogNames, SourceFile, read_policy_file
+
+# A file whose mtime is this recent may change again within the same mtime
+# tick without its size changing, so its content is hashed even when its
+# stat looks unchanged (the "racy" case git also guards against).
+RACY_SECONDS = 2.0
+
+_Stat = tuple[int, int, int] | None  # mtime_ns, size, inode; None when missing
 
 
 @dataclass(frozen=True, slots=True)
 class ReloadResult:
     ok: bool
-    source: str
+    source: str  # the policy file, or the embedded policy's name
     problems: list[Problem] = field(default_factory=list)
 
 
 class PolicyHolder:
-    """Holds the policy every request reads. Reading is one attribute load, so a
-    reload (a single assignment) is atomic for the event loop."""
+    """Holds the policy every request reads; `reload` replaces it only when the
+    file is valid. `path` None means the embedded policy, which never changes."""
 
     def __init__(self, policy: Policy, path: str | None, catalog: CatalogNames) -> None:
         self.current = policy
         self.path = path
         self._catalog = catalog
+        # SIGHUP (event loop) and the watcher (worker thread) may reload at once;
+        # without the lock the older read could be assigned last.
+        self._lock = threading.Lock()
+        self._files: tuple[SourceFile, ...] | None = None
 
     def get(self) -> Policy:
         return self.current
 
     def reload(self) -> ReloadResult:
         if self.path is None:
-            return ReloadResult(True, self.current.source)  # the embedded policy never changes
-        try:
-            policy = load_policy_file(self.path, self._catalog)
-        except PolicyError as exc:
-            return ReloadResult(False, self.path, exc.problems)
-        self.current = policy
-        return ReloadResult(True, self.path)
+            return ReloadResult(True, self.current.source)
+        with self._lock:
+            try:
+                read = read_policy_file(self.path, self._catalog)
+            except Exception as exc:  # a loader bug must not take the server down
+                problem = Problem(self.path, 0, "", f"internal error while loading: {exc!r}")
+                return ReloadResult(False, self.path, [problem])
+            self._files = read.files
+            if read.policy is None:
+                return ReloadResult(False, self.path, list(read.problems))
+            self.current = read.policy
+            return ReloadResult(True, self.path)
 
+    def watched_files(self) -> tuple[SourceFile, ...]:
+        """The files the last load read, with the digest of what it read.
 
-def fingerprint(path: str) -> str:
-    """A digest of the policy file and everything it includes (missing files count too)."""
-    digest = hashlib.sha256()
-    for file in policy_files(path):
-        digest.update(str(file).encode())
-        try:
-            digest.update(Path(file).read_bytes())
-        except OSError:
-            digest.update(b"\0missing")
-    return digest.hexdigest()
+        A holder built from an already loaded policy learns them by reading the
+        files once more (that policy was loaded moments before, at startup).
+        """
+        if self.path is None:
+            return ()
+        with self._lock:
+            if self._files is None:
+                self._files = read_policy_file(self.path, self._catalog).files
+            return self._files
 
 
 async def watch(
     holder: PolicyHolder, interval: float, on_result: Callable[[ReloadResult], None]
 ) -> None:
-    """Reload whenever the file or an included file changes; runs until cancelled.
+    """Reload whenever the policy file or an included file changes; runs until cancelled.
 
-    Content is compared, not mtimes, so editors that save twice or touch a file
-    without changing it cause no reload, and coarse mtime clocks miss nothing.
+    Each poll stats the files; content is hashed only when a stat changed (or
+    is too recent to trust) and compared with what the last load read. So a
+    `touch`, or an editor saving the same bytes, causes no reload, and a
+    change is never missed because two writes fell into one mtime tick.
     """
     if holder.path is None or interval <= 0:
         return
-    path = holder.path
-    last = await asyncio.to_thread(fingerprint, path)
+    files = await asyncio.to_thread(holder.watched_files)
+    seen: dict[Path, _Stat] = {}
     while True:
         await asyncio.sleep(interval)
-        current = await asyncio.to_thread(fingerprint, path)
-        if current != last:
-            last = current
-            on_result(holder.reload())
+        if await asyncio.to_thread(_changed, files, seen):
+            result = await asyncio.to_thread(holder.reload)
+            files = holder.watched_files()
+            # Forget the stats: the next poll hashes every file once against what
+            # this load read, in case a file changed again while it was loading.
+            seen.clear()
+            on_result(result)
+
+
+def _changed(files: Sequence[SourceFile], seen: dict[Path, _Stat]) -> bool:
+    """True when a file's content differs from what the last load read.
+    Updates `seen` with the current stats."""
+    now = time.time()
+    changed = False
+    for file in files:
+        stat = _stat(file.path)
+        racy = stat is not None and now - stat[0] / 1e9 < RACY_SECONDS
+        if file.path not in seen or seen[file.path] != stat or racy:
+            changed = changed or _digest(file.path) != file.digest
+        seen[file.path] = stat
+    return changed
+
+
+def _stat(path: Path) -> _Stat:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None

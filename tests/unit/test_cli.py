@@ -35,7 +35,7 @@ def test_check_reports_file_line_and_field_and_exits_1(tmp_path: Path) -> None:
     bad.write_text("version: 1\nrules:\n  - match: {crawlers: [GPTBott]}\n    action: block\n")
     out = gk("check", str(ROOT / "policies" / "default.yaml"), str(bad))
     assert out.returncode == 1
-    assert f"{bad}:3: rules[0].match.crawlers: unknown crawler 'GPTBott'" in out.stderr
+    assert f"{bad}:3: rules[0].match.crawlers[0]: unknown crawler 'GPTBott'" in out.stderr
     assert "default.yaml: ok" in out.stdout
 
 
