@@ -1,4 +1,8 @@
-"""The admin listener: /metrics, /healthz, /readyz. Loopback by default."""
+"""The admin listener: /metrics, /healthz, /readyz. Loopback by default.
+
+Kept apart from the main listener so that proxied traffic can never reach it,
+and so that a scrape or a probe never competes with the policy for a path.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +10,42 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-Readiness = Callable[[], Awaitable[dict[str, bool]]]
+# What the readiness callback returns: (ready, details). `details` names each check
+# with its result and is sent as the body. A plain mapping of check name to bool is
+# accepted too, and is ready when every check is true.
+ReadyResult = tuple[bool, Mapping[str, object]] | Mapping[str, bool]
+Readiness = Callable[[], Awaitable[ReadyResult]]
+
+_NO_STORE = {"Cache-Control": "no-store"}
 
 
 def build_admin_app(registry: CollectorRegistry, ready: Readiness) -> web.Application:
+    """The admin application: metrics from `registry`, readiness from `ready`."""
+
     async def metrics(request: web.Request) -> web.Response:
-        body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        # Rendering a few thousand samples takes milliseconds; in a thread the event
+        # loop keeps serving proxied requests meanwhile (prometheus_client's values
+        # are locked, so reading them from another thread is safe).
+        body = await asyncio.to_thread(generate_latest, registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, **_NO_STORE})
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+        return web.Response(text="ok\n", headers=_NO_STORE)
 
     async def readyz(request: web.Request) -> web.Response:
-        checks = await ready()
-        ok = all(checks.values())
-        body = json.dumps({"ready": ok, "checks": checks}, sort_keys=True) + "\n"
-        return web.Response(status=200 if ok else 503, text=body,
-                            content_type="application/json")
+        ok, details = await _run_readiness(ready)
+        body = {"ready": ok, "checks": dict(details)}
+        if not ok:
+            body["failed"] = sorted(name for name, value in details.items() if value is False)
+        return web.Response(
+            status=200 if ok else 503, text=json.dumps(body, sort_keys=True) + "\n",
+            content_type="application/json", headers=_NO_STORE,
+        )
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
@@ -36,27 +54,48 @@ def build_admin_app(registry: CollectorRegistry, ready: Readiness) -> web.Applic
     return app
 
 
+async def _run_readiness(ready: Readiness) -> tuple[bool, Mapping[str, object]]:
+    try:
+        result = await ready()
+    except Exception as exc:  # a broken check means "not ready", never a 500
+        return False, {"error": type(exc).__name__}
+    if isinstance(result, tuple):
+        return bool(result[0]), result[1]
+    return all(result.values()), result
+
+
 class UpstreamProbe:
-    """Is the upstream accepting connections? A TCP connect, cached for a second so a
-    busy health checker cannot turn into load on the origin."""
+    """Is the upstream accepting connections? A TCP connect, cached for `ttl`
+    seconds, so that a busy health checker cannot turn into load on the origin.
+
+    Concurrent callers share one connection attempt.
+    """
 
     def __init__(self, host: str, port: int, timeout: float = 1.0, ttl: float = 1.0) -> None:
         self._host, self._port, self._timeout, self._ttl = host, port, timeout, ttl
-        self._checked = 0.0
+        self._checked = float("-inf")
         self._ok = False
+        self._lock = asyncio.Lock()
 
     async def __call__(self) -> bool:
-        now = time.monotonic()
-        if now - self._checked < self._ttl:
+        if time.monotonic() - self._checked < self._ttl:
             return self._ok
-        self._ok = await upstream_reachable(self._host, self._port, self._timeout)
-        self._checked = time.monotonic()
-        return self._ok
+        async with self._lock:
+            # Another caller may have probed while this one waited for the lock.
+            if time.monotonic() - self._checked >= self._ttl:
+                self._ok = await upstream_reachable(self._host, self._port, self._timeout)
+                self._checked = time.monotonic()
+            return self._ok
 
 
-async def upstream_reachable(host: str, port: int, within: float) -> bool:
+async def upstream_reachable(host: str, port: int, timeout: float) -> bool:  # noqa: ASYNC109
+    """True when a TCP connection to host:port opens within `timeout` seconds.
+
+    The budget is a parameter, not the caller's `asyncio.timeout`, because a
+    probe without one can hang a readiness check for the kernel's SYN timeout.
+    """
     try:
-        async with asyncio.timeout(within):
+        async with asyncio.timeout(timeout):
             _, writer = await asyncio.open_connection(host, port)
     except (OSError, TimeoutError):
         return False

@@ -1,57 +1,154 @@
 """Every gatekeeper_* metric, built in one place into an injected registry.
 
-Label values are bounded: crawler names come from the catalog (anything else
-is "other"), rule names from the loaded policy (capped), everything else from
-closed enums. Children are cached per label tuple because `.labels()` costs
-more than the increment itself on the request path.
+Label values are bounded, because every distinct value is a time series kept in
+Prometheus for as long as it exists:
+
+- `crawler`: a catalog name, `unknown`, `other-bot`, or `other` for anything
+  else (a name the catalog does not know must not create a series);
+- `rule`: a rule of the serving policy, or `default`; at most `MAX_RULE_LABELS`
+  names, then `other`;
+- `purpose`, `identity`, `action`, `reason`, `kind`, `code`, `result`: closed
+  vocabularies listed below, `other` when something outside them shows up;
+- bad-request `reason`: short snake_case codes from the edge, capped as well.
+
+The request path is hot: `.labels()` validates and locks on every call, so the
+children a request needs are looked up once per distinct label tuple and cached
+(`request_series`). Multiprocess mode, when it comes, changes only this module:
+every metric is a plain Counter, Gauge or Histogram built here.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from gatekeeper import __version__
 from gatekeeper.core.catalog import Kind, Purpose
 from gatekeeper.core.decision import Reason
 from gatekeeper.core.facts import Identity
+from gatekeeper.core.model import Policy, Rule, action_name
 
-OTHER = "other"
-MAX_RULE_LABELS = 200
-_LATENCY_BUCKETS = (
+OTHER: Final = "other"
+NO_PURPOSE: Final = "none"  # browsers and unrecognised clients have no purpose
+DEFAULT_RULE: Final = "default"
+MAX_RULE_LABELS: Final = 200
+MAX_BAD_REQUEST_REASONS: Final = 64
+# Distinct raw label tuples remembered by `request_series`. The real space is far
+# smaller (crawlers x rules x a few states); the bound only stops a pathological
+# policy from growing the cache forever.
+MAX_CACHED_SERIES: Final = 8192
+
+# Closed label vocabularies: exported for the documentation and the tests.
+CRAWLER_BUCKETS: Final = (Kind.UNKNOWN.value, Kind.OTHER_BOT.value, OTHER)
+PURPOSE_LABELS: Final = (*(p.value for p in Purpose), NO_PURPOSE)
+IDENTITY_LABELS: Final = tuple(i.value for i in Identity)
+# The policy's action keywords (gatekeeper.core.model.action_name).
+ACTIONS: Final = ("allow", "block", "rate_limit", "require_license", "monitor")
+REASON_LABELS: Final = tuple(r.value for r in Reason)
+UPSTREAM_ERROR_KINDS: Final = ("refused", "reset", "timeout", "protocol")
+# Failures the edge reports while forwarding that are the client's doing, not the
+# upstream's: they show in the status codes, not as upstream errors.
+CLIENT_FAULTS: Final = frozenset({"body_too_large", "client_timeout", "client_disconnect"})
+STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
+RELOAD_RESULTS: Final = ("success", "failure")
+
+# From a cache hit (0.5 ms) to a slow origin (30 s): the gate's own share is in
+# the lowest buckets, the upstream's in the rest.
+LATENCY_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
-ACTIONS = ("allow", "block", "rate_limit", "require_license", "monitor")
-UPSTREAM_ERRORS = ("refused", "reset", "timeout", "protocol", "client_disconnect")
+_REASON_CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+@dataclass(slots=True)
+class RequestSeries:
+    """The metric children one kind of request updates, resolved once."""
+
+    requests: Counter
+    rule: Counter
+    duration: Histogram
+    response_bytes: Counter
+    rate_limited: Counter | None  # set only for rate-limited requests
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry, crawler_names: Iterable[str]) -> None:
+    """Builds every gatekeeper_* metric into `registry` and keeps labels bounded.
+
+    `crawler_names` are the catalog's names: the only crawler label values besides
+    `CRAWLER_BUCKETS`. `store` names the configured store for the fallback counter.
+    `process_metrics` adds the standard process_*, python_* and gc collectors, which
+    a registry other than the global default does not have. `created_series=False`
+    (the default) stops prometheus_client from exporting a `_created` series next
+    to every counter and histogram series: they double what every scrape renders
+    and Prometheus stores, and no query here uses them. That switch is
+    process-wide in prometheus_client, and takes effect for metrics built after it.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        crawler_names: Iterable[str],
+        *,
+        store: str = "memory",
+        process_metrics: bool = True,
+        created_series: bool = False,
+    ) -> None:
+        if not created_series:
+            disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
         self.registry = registry
-        self._crawlers = frozenset(crawler_names) | {k.value for k in Kind}
+        self.store = store
+        self._crawlers = frozenset(crawler_names) | frozenset(CRAWLER_BUCKETS)
+        self._rules: set[str] = {DEFAULT_RULE}
+        self._rule_pairs: set[tuple[str, str]] = set()
+        self._bad_reasons: dict[str, Counter] = {}
+        self._series: dict[tuple[object, ...], RequestSeries] = {}
+        self._build(registry)
+        if process_metrics:
+            _add_process_collectors(registry)
+        self._preinitialise()
+
+    def _build(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
             "gatekeeper_requests_total",
-            "Requests decided, by crawler, purpose, identity state, action and outcome.",
+            "Requests decided, by crawler, purpose, identity state, action and reason.",
             ["crawler", "purpose", "identity", "action", "reason"], registry=registry,
         )
         self.rule_matches = Counter(
-            "gatekeeper_rule_matches_total", "Requests decided by each policy rule.",
+            "gatekeeper_rule_matches_total",
+            "Requests decided by each policy rule (default: no rule matched).",
             ["rule", "action"], registry=registry,
+        )
+        self.responses = Counter(
+            "gatekeeper_responses_total",
+            "Responses sent to clients for decided requests, by status class.",
+            ["code"], registry=registry,
         )
         self.request_duration = Histogram(
             "gatekeeper_request_duration_seconds",
-            "Whole request as seen by the gate, from headers received to last byte sent.",
-            ["action"], buckets=_LATENCY_BUCKETS, registry=registry,
+            "Whole request as seen by the gate, from its headers to the last byte sent.",
+            ["action"], buckets=LATENCY_BUCKETS, registry=registry,
         )
         self.upstream_duration = Histogram(
             "gatekeeper_upstream_duration_seconds",
-            "Time from forwarding a request to receiving the upstream's response headers.",
-            buckets=_LATENCY_BUCKETS, registry=registry,
+            "From forwarding a request to receiving the upstream's response headers.",
+            buckets=LATENCY_BUCKETS, registry=registry,
         )
         self.upstream_errors = Counter(
-            "gatekeeper_upstream_errors_total", "Upstream failures, by kind.", ["kind"],
-            registry=registry,
+            "gatekeeper_upstream_errors_total",
+            "Forwarded requests the upstream failed, by kind.", ["kind"], registry=registry,
         )
         self.rate_limited = Counter(
             "gatekeeper_rate_limited_total", "Requests answered 429 by a rate limit.",
@@ -67,72 +164,188 @@ class Metrics:
             ["crawler"], registry=registry,
         )
         self.policy_reloads = Counter(
-            "gatekeeper_policy_reloads_total", "Policy reloads, by result.", ["result"],
-            registry=registry,
+            "gatekeeper_policy_reloads_total", "Policy reload attempts, by result.",
+            ["result"], registry=registry,
         )
         self.policy_last_reload = Gauge(
             "gatekeeper_policy_last_reload_success_timestamp_seconds",
-            "When the serving policy was last loaded successfully.", registry=registry,
+            "Unix time the serving policy was loaded.", registry=registry,
+        )
+        self.policy_info = Gauge(
+            "gatekeeper_policy_info",
+            "Always 1: the serving policy's source and mode as labels.",
+            ["source", "mode"], registry=registry,
         )
         self.store_fallbacks = Counter(
             "gatekeeper_store_fallbacks_total",
-            "Decisions made with the documented fallback because the store was unavailable.",
+            "Decisions made with the documented fallback because the store failed.",
             ["store"], registry=registry,
         )
         self.build_info = Gauge(
-            "gatekeeper_build_info", "Always 1; the version as a label.", ["version"],
-            registry=registry,
+            "gatekeeper_build_info", "Always 1: the running version as a label.",
+            ["version"], registry=registry,
         )
-        self.build_info.labels(__version__).set(1)
-        self._children: dict[tuple[str, ...], Counter] = {}
-        self._rules: set[str] = set()
-        self._durations: dict[str, Histogram] = {}
-        self._preinitialise()
 
     def _preinitialise(self) -> None:
-        # Zero series for what dashboards always show, so rates exist before traffic.
+        # Series that exist at zero before traffic, so rates, ratios and alerts
+        # (increase(...) > 0) work from the first scrape rather than the first event.
+        self.build_info.labels(__version__).set(1)
         for action in ACTIONS:
             self.request_duration.labels(action)
-        for kind in UPSTREAM_ERRORS:
-            self.upstream_errors.labels(kind)
-        for result in ("success", "failure"):
-            self.policy_reloads.labels(result)
-        self.store_fallbacks.labels("memory")
+        self._status = [self.responses.labels(code) for code in STATUS_CLASSES]
+        self._status_other = self.responses.labels(OTHER)
+        self._upstream_errors = {k: self.upstream_errors.labels(k) for k in UPSTREAM_ERROR_KINDS}
+        self._upstream_error_other = self.upstream_errors.labels(OTHER)
+        self._reloads = {r: self.policy_reloads.labels(r) for r in RELOAD_RESULTS}
+        self._store_fallback = self.store_fallbacks.labels(self.store)
+        self.rule_matches.labels(DEFAULT_RULE, "allow")
+        self._rule_pairs.add((DEFAULT_RULE, "allow"))
 
-    def observe_duration(self, action: str, seconds: float) -> None:
-        child = self._durations.get(action)
-        if child is None:
-            child = self._durations[action] = self.request_duration.labels(action)
-        child.observe(seconds)
+    # -- label bounding -------------------------------------------------------
 
     def crawler_label(self, name: str) -> str:
         return name if name in self._crawlers else OTHER
 
     def rule_label(self, name: str) -> str:
+        """`name` while fewer than MAX_RULE_LABELS rules have been seen, then `other`.
+
+        `policy_loaded` resets the set to the serving policy's rules, so the cap
+        only bites for a policy with more rules than that.
+        """
         if name in self._rules:
             return name
-        if len(self._rules) >= MAX_RULE_LABELS:
-            return OTHER
-        self._rules.add(name)
-        return name
+        if len(self._rules) < MAX_RULE_LABELS:
+            self._rules.add(name)
+            return name
+        return OTHER
 
-    def request(self, crawler: str, purpose: str, identity: str, action: str, reason: str,
-                rule: str) -> None:
+    # -- the request path -----------------------------------------------------
+
+    def request_series(
+        self,
+        crawler: str,
+        purpose: str | None,
+        identity: str,
+        action: str,
+        reason: str,
+        rule: str,
+    ) -> RequestSeries:
+        """The children for one request's labels; one dict lookup after the first call."""
         key = (crawler, purpose, identity, action, reason, rule)
-        child = self._children.get(key)
+        series = self._series.get(key)
+        if series is None:
+            series = self._new_series(crawler, purpose, identity, action, reason, rule)
+            if len(self._series) >= MAX_CACHED_SERIES:
+                self._series.clear()
+            self._series[key] = series
+        return series
+
+    def _new_series(
+        self,
+        crawler: str,
+        purpose: str | None,
+        identity: str,
+        action: str,
+        reason: str,
+        rule: str,
+    ) -> RequestSeries:
+        # Validated here, on a cache miss, so the hot path never pays for it.
+        crawler_l = self.crawler_label(crawler)
+        action_l = _closed(action, ACTIONS)
+        reason_l = _closed(reason, REASON_LABELS)
+        return RequestSeries(
+            requests=self.requests.labels(
+                crawler_l, _closed(purpose or NO_PURPOSE, PURPOSE_LABELS),
+                _closed(identity, IDENTITY_LABELS), action_l, reason_l,
+            ),
+            rule=self._rule_child(self.rule_label(rule), action_l),
+            duration=self.request_duration.labels(action_l),
+            response_bytes=self.response_bytes.labels(crawler_l),
+            rate_limited=(
+                self.rate_limited.labels(crawler_l)
+                if reason_l == Reason.RATE_LIMITED else None
+            ),
+        )
+
+    def _rule_child(self, rule: str, action: str) -> Counter:
+        self._rule_pairs.add((rule, action))
+        return self.rule_matches.labels(rule, action)
+
+    def status(self, code: int) -> None:
+        index = code // 100 - 1
+        if 0 <= index < 5:
+            self._status[index].inc()
+        else:
+            self._status_other.inc()
+
+    def upstream_error(self, kind: str) -> None:
+        if kind in CLIENT_FAULTS:
+            return
+        self._upstream_errors.get(kind, self._upstream_error_other).inc()
+
+    # -- events off the request path -------------------------------------------
+
+    def bad_request(self, reason: str) -> None:
+        child = self._bad_reasons.get(reason)
         if child is None:
-            child = self.requests.labels(
-                self.crawler_label(crawler), purpose, identity, action, reason
-            )
-            self._children[key] = child
-            self._children[("rule", *key)] = self.rule_matches.labels(
-                self.rule_label(rule), action
-            )
+            label = reason
+            if not _REASON_CODE.fullmatch(reason) or (
+                len(self._bad_reasons) >= MAX_BAD_REQUEST_REASONS
+            ):
+                label = OTHER
+            child = self.bad_requests.labels(label)
+            if label != OTHER:
+                self._bad_reasons[reason] = child
         child.inc()
-        self._children[("rule", *key)].inc()
+
+    def store_fallback(self) -> None:
+        self._store_fallback.inc()
+
+    def reload(self, ok: bool, now: float | None = None) -> None:
+        self._reloads["success" if ok else "failure"].inc()
+        if ok:
+            if now is None:
+                self.policy_last_reload.set_to_current_time()
+            else:
+                self.policy_last_reload.set(now)
+
+    def policy_loaded(self, policy: Policy) -> None:
+        """Make the serving policy's rules the rule label set, each at zero.
+
+        Series of rules the new policy no longer has are removed, so the label set
+        follows the policy rather than everything ever loaded; a rule that never
+        matches still shows (at 0), which is how dead rules are found.
+        """
+        pairs = {(DEFAULT_RULE, action_name(policy.default))}
+        for rule in _all_rules(policy):
+            pairs.add((rule.name, action_name(rule.action)))
+        self._rules = {DEFAULT_RULE}
+        wanted: set[tuple[str, str]] = set()
+        for name, action in pairs:
+            wanted.add((self.rule_label(name), action))
+        for gone in self._rule_pairs - wanted:
+            self.rule_matches.remove(*gone)
+        self._rule_pairs = set()
+        for rule_label, action in wanted:
+            self._rule_child(rule_label, action)
+        # Cached series may hold removed children or old rule labels.
+        self._series.clear()
+        self.policy_info.clear()
+        self.policy_info.labels(policy.source, policy.mode.value).set(1)
 
 
-# Closed label vocabularies, exported for documentation and tests.
-PURPOSE_LABELS = (*tuple(p.value for p in Purpose), "none")
-IDENTITY_LABELS = tuple(i.value for i in Identity)
-REASON_LABELS = tuple(r.value for r in Reason)
+def _closed(value: str, vocabulary: tuple[str, ...]) -> str:
+    return value if value in vocabulary else OTHER
+
+
+def _all_rules(policy: Policy) -> Iterable[Rule]:
+    yield from policy.rules
+    for section in policy.host_sections:
+        yield from section.rules
+
+
+def _add_process_collectors(registry: CollectorRegistry) -> None:
+    # The global default registry gets these at import; an injected one does not.
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
