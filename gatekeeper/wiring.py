@@ -78,9 +78,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Comp
         classifier = _NoClassification()
     gate = Gate(classifier, holder.get, store)
     registry = registry if registry is not None else CollectorRegistry()
-    metrics = Metrics(registry, catalog.names)
+    metrics = Metrics(registry, catalog.names, store=settings.store)
     recorder = Recorder(metrics, gk_logging.get_logger("gatekeeper"))
-    recorder.reload_result(True, policy.source, [], time.time())
+    recorder.reload_result(True, policy.source, [], time.time(), policy=policy)
     try:
         upstream = Upstream(settings.upstream)
         trusted = TrustedProxies.from_cidrs(settings.trusted_proxies)
@@ -132,8 +132,14 @@ def _default_port(upstream: Upstream) -> int:
 
 def reload_policy(c: Components) -> ReloadResult:
     result = c.holder.reload()
-    c.recorder.reload_result(result.ok, result.source, result.problems, time.time())
+    record_reload(c, result)
     return result
+
+
+def record_reload(c: Components, result: ReloadResult) -> None:
+    policy = c.holder.current if result.ok else None
+    c.recorder.reload_result(result.ok, result.source, result.problems, time.time(),
+                             policy=policy)
 
 
 async def serve(c: Components) -> None:
@@ -145,7 +151,7 @@ async def serve(c: Components) -> None:
         await listeners.start(admin_app(c), c.settings.admin_listen, c.settings)
         tasks.append(asyncio.create_task(watch(
             c.holder, c.settings.policy_watch_interval,
-            lambda r: c.recorder.reload_result(r.ok, r.source, r.problems, time.time()),
+            lambda r: record_reload(c, r),
         )))
 
     def started(listeners: Listeners) -> None:
