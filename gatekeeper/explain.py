@@ -12,6 +12,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gatekeeper.core.evaluate import select
 from gatekeeper.core.facts import RequestFacts
+from gatekeeper.core.model import RateLimit
 from gatekeeper.edge.target import BadRequest, canonicalize, check_host
 from gatekeeper.gate import Gate
 from gatekeeper.store.memory import MemoryStore
@@ -73,6 +74,14 @@ async def explain(
         "source": str(rule.source) if rule and rule.source else None,
         "action": decision.action,
     }
+    if isinstance(selected.action, RateLimit):
+        # explain starts from an empty store: the answer is the first request's.
+        limit = selected.action
+        report["rule"]["rate_limit"] = {
+            "per_second": limit.rate, "burst": limit.burst, "key": limit.key.value,
+            "note": f"forwarded until {limit.burst} requests arrive faster than the rate, "
+                    "then 429 with Retry-After",
+        }
     report["decision"] = {
         "forward": decision.forward,
         "reason": decision.reason.value,
@@ -110,6 +119,10 @@ def render_text(report: dict[str, Any]) -> str:
     rule = report["rule"]
     where = f" at {rule['source']}" if rule["source"] else ""
     lines.append(f"rule:           {rule['name']}{where} -> {rule['action']}")
+    if "rate_limit" in rule:
+        rl = rule["rate_limit"]
+        lines.append(f"rate limit:     {rl['per_second']:g}/s, burst {rl['burst']}, per "
+                     f"{rl['key']}: {rl['note']}")
     d = report["decision"]
     if d["forward"]:
         verdict = "forward to the upstream"

@@ -84,3 +84,11 @@ def test_run_without_upstream_is_a_clear_error() -> None:
     out = gk("run", "--listen", "127.0.0.1:0")
     assert out.returncode == 2
     assert "upstream: required" in out.stderr
+
+
+def test_explain_describes_the_rate_limit_it_would_apply() -> None:
+    out = gk("explain", "--ua", "Mozilla/5.0 (compatible; ChatGPT-User/1.0)", "--json")
+    limit = json.loads(out.stdout)["rule"]["rate_limit"]
+    assert limit["per_second"] == 1.0
+    assert limit["burst"] == 20
+    assert limit["key"] == "crawler"
