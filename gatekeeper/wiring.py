@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -20,16 +18,11 @@ from prometheus_client import CollectorRegistry
 from gatekeeper.catalog_loader import load_catalog
 from gatekeeper.core.catalog import UNKNOWN, Catalog, Classification
 from gatekeeper.core.model import Policy
+from gatekeeper.edge import server
 from gatekeeper.edge.admin import UpstreamProbe, build_admin_app
 from gatekeeper.edge.client_ip import TrustedProxies
-from gatekeeper.edge.proxy import Proxy, Upstream
-from gatekeeper.edge.server import (
-    SESSION_KEY,
-    Listeners,
-    new_session,
-    require_c_parser,
-    serve_until_signalled,
-)
+from gatekeeper.edge.proxy import Upstream
+from gatekeeper.edge.server import Listeners, ProxyService
 from gatekeeper.errors import PolicyError, SettingsError
 from gatekeeper.gate import Classifier, Gate
 from gatekeeper.observe import logging as gk_logging
@@ -90,27 +83,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Comp
                       trusted)
 
 
-def proxy_app(c: Components) -> web.Application:
-    app = web.Application(client_max_size=c.settings.max_body_size)
-    holder: dict[str, Proxy] = {}
-
-    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
-        session = new_session(c.settings)
-        app[SESSION_KEY] = session
-        holder["proxy"] = Proxy(c.gate, c.recorder, c.settings, c.upstream, c.trusted, session)
-        yield
-        await session.close()
-        await c.store.close()
-
-    # A middleware, not a route: the router cannot match every request target
-    # (CONNECT's authority form, "*"), and the proxy must answer those itself.
-    @web.middleware
-    async def handle(request: web.Request, handler: Any) -> web.StreamResponse:
-        return await holder["proxy"].handle(request)
-
-    app.middlewares.append(handle)
-    app.cleanup_ctx.append(session_ctx)
-    return app
+def proxy_app(c: Components) -> ProxyService:
+    """The main listener: aiohttp's low-level server with the proxy, no router."""
+    return ProxyService(c.gate, c.recorder, c.settings, c.upstream, c.trusted)
 
 
 def admin_app(c: Components) -> web.Application:
@@ -144,47 +119,33 @@ def record_reload(c: Components, result: ReloadResult) -> None:
 
 async def serve(c: Components) -> None:
     log = gk_logging.get_logger("gatekeeper")
-    tasks: list[asyncio.Task[Any]] = []
-
-    async def start(listeners: Listeners) -> None:
-        await listeners.start(proxy_app(c), c.settings.listen, c.settings)
-        await listeners.start(admin_app(c), c.settings.admin_listen, c.settings)
-        tasks.append(asyncio.create_task(watch(
-            c.holder, c.settings.policy_watch_interval,
-            lambda r: record_reload(c, r),
-        )))
+    watcher = asyncio.create_task(watch(
+        c.holder, c.settings.policy_watch_interval, lambda r: record_reload(c, r)
+    ))
 
     def started(listeners: Listeners) -> None:
         (lh, lp), (ah, ap) = listeners.addresses
         log.info("started", listen=f"{lh}:{lp}", admin_listen=f"{ah}:{ap}",
-                 upstream=c.settings.upstream, policy=c.holder.current.source,
-                 loop=type(asyncio.get_running_loop()).__module__)
+                 upstream=c.settings.upstream, policy=c.holder.current.source)
 
     try:
-        await serve_until_signalled(start, lambda: _discard(reload_policy(c)), started)
+        await server.serve(
+            proxy_app(c), c.settings, admin=admin_app(c),
+            on_reload=lambda: _discard(reload_policy(c)), on_started=started,
+        )
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await c.store.close()
         log.info("stopped")
 
 
 def run(settings: Settings) -> int:
     gk_logging.configure(settings.log_format, settings.log_level)
-    require_c_parser()
+    server.require_c_parser()
     try:
         components = build(settings)
     except PolicyError as exc:
         raise SettingsError("the policy is invalid:\n" + str(exc)) from exc
-    runner = _event_loop_runner()
-    runner(serve(components))
+    server.run(serve(components))
     return 0
-
-
-def _event_loop_runner() -> Any:
-    """uvloop when installed (the `speed` extra), asyncio's loop otherwise."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run
-    return uvloop.run

@@ -1,20 +1,32 @@
-"""The reverse-proxy adapter: wire request -> facts -> gate -> stream or answer.
+"""The reverse-proxy adapter: wire request -> facts -> gate -> answer or stream.
 
-Per request: the target and framing are checked (400 before anything reaches
-the upstream), facts are built from the canonical path and the trusted-proxy
-client address, the gate decides, and the decision is executed. Forwarded
-bodies stream both ways; nothing is buffered, decompressed or re-encoded.
-Exactly one observation is recorded per decided request.
+Per request: the head is checked first (target, Host, framing, expectations),
+and a request that fails is answered 400 before anything reaches the upstream.
+Facts are built from the canonical path and the trusted-proxy client address,
+the gate decides, and the decision is executed. A forwarded request goes to
+exactly the canonical path the gate decided on. Bodies stream both ways with
+backpressure; nothing is buffered, decompressed or re-encoded. Each decided
+request is observed exactly once (`Observer.observe`), each refused one once
+(`Observer.bad_request`).
+
+Failure modes: refused, reset or invalid before the upstream's response head
+-> 502; connect or read timeout -> 504; a failure after the head was relayed
+aborts the client connection, so the client sees a truncated response and never
+a clean end. Any unexpected exception answers 500 and is logged; nothing is
+forwarded by accident.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Final
 
 import aiohttp
-from aiohttp import web
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict, MultiMapping
 from yarl import URL
 
 from gatekeeper.core.facts import RequestFacts
@@ -25,49 +37,83 @@ from gatekeeper.edge.headers import (
     downstream_response_headers,
     is_websocket_upgrade,
     upstream_request_headers,
+    websocket_protocols,
+    websocket_request_headers,
 )
 from gatekeeper.edge.target import BadRequest, canonicalize, check_host
-from gatekeeper.edge.websocket import pump_websocket
 from gatekeeper.gate import Gate, Outcome
+from gatekeeper.observe import logging as gk_logging
 from gatekeeper.observe.record import Observation, Observer
 from gatekeeper.settings import Settings
 
-# The client must not add headers the client did not send.
-SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept-Encoding", "Accept", "Content-Type"})
-_NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-_CHUNK = 64 * 1024
+# The client must not add headers the visitor did not send (set on the session).
+SKIP_AUTO_HEADERS: Final = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
+_CHUNK: Final = 64 * 1024
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_HTTP10: Final = aiohttp.HttpVersion10
+_HTTP11: Final = aiohttp.HttpVersion11
 
-
-@dataclass(slots=True)
-class _BodyState:
-    sent: int = 0
-    too_large: bool = False
-    timed_out: bool = False
+_log = gk_logging.get_logger("gatekeeper.proxy")
 
 
 class Upstream:
-    """Where forwarded requests go: scheme, host, port and an optional base path."""
+    """Where forwarded requests go: scheme, host, port and an optional base path,
+    parsed once."""
+
+    __slots__ = ("_authority_host", "base", "host", "port", "scheme", "ws_scheme")
 
     def __init__(self, url: str) -> None:
         parsed = URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError(f"upstream {url!r} must be an http:// or https:// URL with a host")
+        if parsed.raw_query_string or parsed.raw_fragment or parsed.raw_user:
+            raise ValueError(f"upstream {url!r} must not have a query, fragment or user info")
         self.scheme = parsed.scheme
-        self.host = parsed.host
-        self.port = parsed.port
+        self.ws_scheme = "wss" if parsed.scheme == "https" else "ws"
+        self.host = parsed.host  # as a socket address: no brackets, IDNA decoded
+        self.port = parsed.explicit_port
+        # As it goes into a URL: IPv6 in brackets, IDNA encoded.
+        self._authority_host = parsed.host_subcomponent or parsed.host
         self.base = parsed.raw_path.rstrip("/")
 
-    def url(self, path: str, query: str, websocket: bool = False) -> URL:
-        # Built, never joined: joining with the raw target would resolve dot segments
-        # and read "//x" as a host name.
-        scheme = ("wss" if self.scheme == "https" else "ws") if websocket else self.scheme
+    def url(self, path: str, query: str, *, websocket: bool = False) -> URL:
+        # Built from parts, never joined: joining the raw target onto a base URL
+        # resolves dot segments and reads "//x" as a host name.
         return URL.build(
-            scheme=scheme, host=self.host, port=self.port, path=self.base + path,
-            query_string=query, encoded=True,
+            scheme=self.ws_scheme if websocket else self.scheme, host=self._authority_host,
+            port=self.port, path=self.base + path, query_string=query, encoded=True,
         )
 
 
+@dataclass(slots=True)
+class _Body:
+    """How streaming the client's body went; a fault here is the client's, not the
+    upstream's, whatever exception the HTTP client wraps it in."""
+
+    received: int = 0
+    fault: str | None = None  # "body_too_large", "client_timeout", "client_disconnect"
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _ProtocolViolation(Exception):
+    """The upstream answered something that cannot be relayed."""
+
+
+# Client-side faults while streaming a request body: status and error code.
+_BODY_FAULTS: Final = {
+    "body_too_large": 413,
+    "client_timeout": 408,
+    "client_disconnect": 400,
+}
+_UPSTREAM_STATUS: Final = {"refused": 502, "reset": 502, "protocol": 502, "timeout": 504}
+
+
 class Proxy:
+    """Executes the gate's decisions on aiohttp requests (`handle`)."""
+
     def __init__(
         self,
         gate: Gate,
@@ -84,219 +130,412 @@ class Proxy:
         self._session = session
         self._max_body = settings.max_body_size
         self._body_timeout = settings.client_body_timeout
-        self._connect_timeout = settings.upstream_connect_timeout
+        self._handshake_timeout = settings.upstream_connect_timeout + settings.upstream_read_timeout
         self._timeout = aiohttp.ClientTimeout(
             total=None,
-            connect=None,
+            # Waiting for a pooled connection counts too: a saturated pool ends in a
+            # 504, not an unbounded queue.
+            connect=settings.upstream_connect_timeout + settings.upstream_read_timeout,
             sock_connect=settings.upstream_connect_timeout,
             sock_read=settings.upstream_read_timeout,
         )
+        self._tunnels: set[asyncio.Future[None]] = set()
+        self._draining = False
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        peer_ip = peer[0] if peer else "0.0.0.0"
-        address = client_ip(peer_ip, request.headers, self._trusted)
+    # -- entry point ---------------------------------------------------------------
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
-            facts = self._facts(request, address.ip)
+            return await self._handle(request)
+        except Exception:  # fail closed: a bug answers 500, it never forwards
+            _log.exception("proxy_internal_error", method=request.method)
+            if request.writer.output_size:
+                # Bytes of a response are on the wire already; a second one
+                # would corrupt it.
+                _abort(request)
+                raise ConnectionResetError("response aborted") from None
+            self._observer.bad_request("internal_error", _peer(request), request.method, 500)
+            return self._error(500, "internal_error")
+
+    async def shutdown(self) -> None:
+        """Draining: later answers close their connection, and open WebSocket
+        tunnels are closed with 1001 (going away)."""
+        self._draining = True
+        for stop in list(self._tunnels):
+            if not stop.done():
+                stop.set_result(None)
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        address = client_ip(_peer(request), request.headers, self._trusted)
+        try:
+            facts, declared, upgrade = self._facts(request, address.ip)
         except BadRequest as exc:
             self._observer.bad_request(exc.reason, address.ip, request.method, exc.status)
-            return responses.error(exc.status, exc.reason, str(exc))
-        outcome = await self._gate.decide(facts)
+            return self._error(exc.status, exc.reason)
+        try:
+            outcome = await self._gate.decide(facts)
+        except Exception:
+            _log.exception("gate_failed", method=request.method, path=facts.path)
+            self._observer.bad_request("internal_error", address.ip, request.method, 500)
+            return self._error(500, "internal_error")
         decision = outcome.decision
         if not decision.forward:
-            resp = responses.decision_response(decision)
             self._observer.observe(Observation(
                 facts, outcome, decision.status, len(decision.body),
                 time.perf_counter() - started,
             ))
-            return resp
-        if is_websocket_upgrade(request.headers):
+            # An unread body would be drained (or waited for) before the next
+            # request: closing is cheaper and cannot be misread.
+            close = self._draining or not request.content.is_eof()
+            return responses.to_response(responses.decision_answer(decision), close=close)
+        if upgrade:
             return await self._websocket(request, facts, outcome, address.chain, started)
-        return await self._forward(request, facts, outcome, address.chain, started)
+        return await self._forward(request, facts, outcome, address.chain, declared, started)
 
-    def _facts(self, request: web.Request, ip: str) -> RequestFacts:
-        if request.version < aiohttp.HttpVersion10:
+    def _facts(
+        self, request: web.BaseRequest, ip: str
+    ) -> tuple[RequestFacts, int | None, bool]:
+        """The facts of a well-formed request, its declared body length and whether
+        it asks for a WebSocket; BadRequest for anything an upstream could read
+        differently."""
+        headers = request.headers
+        if request.version < _HTTP10:
             raise BadRequest("http09", "HTTP/0.9 is not supported")
-        _check_framing(request)
-        target = canonicalize(request.method, request.raw_path)
-        host = check_host(request.headers.get("Host"))
-        declared = body_framing(request.headers)
+        declared = _check_framing(request.version, headers)
         if declared is not None and declared > self._max_body:
             raise BadRequest("body_too_large", "request body is larger than allowed", 413)
-        return RequestFacts(
+        expect = headers.get("Expect")
+        if expect is not None and expect.lower() != "100-continue":
+            raise BadRequest("expectation_failed", "only 100-continue is supported", 417)
+        target = canonicalize(request.method, request.raw_path)
+        host = check_host(headers.get("Host"))
+        upgrade = is_websocket_upgrade(headers)
+        if upgrade and not web.WebSocketResponse().can_prepare(request).ok:
+            raise BadRequest("bad_websocket_handshake", "malformed WebSocket handshake")
+        facts = RequestFacts(
             method=request.method, host=host, path=target.path, query=target.query,
-            headers=request.headers, client_ip=ip, now=time.time(),
+            headers=headers, client_ip=ip, now=time.time(),
         )
+        return facts, declared, upgrade
+
+    def _error(self, status: int, reason: str) -> web.Response:
+        return responses.to_response(responses.error_answer(status, reason),
+                                     close=self._draining)
+
+    # -- HTTP ------------------------------------------------------------------------
 
     async def _forward(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         facts: RequestFacts,
         outcome: Outcome,
         chain: tuple[str, ...],
+        declared: int | None,
         started: float,
     ) -> web.StreamResponse:
         headers = upstream_request_headers(
             request.headers, client_ip=facts.client_ip, host=facts.host,
             proto=request.scheme, forwarded_for_chain=chain,
         )
-        declared = body_framing(request.headers)
-        body_state = _BodyState()
-        data = None
-        if request.body_exists or (request.method not in _NO_BODY_METHODS and declared):
-            data = self._request_body(request, body_state)
+        body: _Body | None = None
+        data: AsyncIterator[bytes] | None = None
+        if request.body_exists:
+            body = _Body()
+            data = self._stream_body(request, body)
             if declared is not None:
+                # Re-framed by the client with exactly the length the parser enforced.
                 headers["Content-Length"] = str(declared)
         url = self._upstream.url(facts.path, facts.query)
-        up_started = time.perf_counter()
-        upstream_duration: float | None = None
-        status, sent, error = 502, 0, None
+        status, sent, error, upstream_duration = 499, 0, None, None
         try:
-            async with self._session.request(
-                request.method, url, headers=headers, data=data, allow_redirects=False,
-                timeout=self._timeout, skip_auto_headers=SKIP_AUTO_HEADERS,
-                auto_decompress=False,
-            ) as upstream:
-                upstream_duration = time.perf_counter() - up_started
-                status = upstream.status
-                resp, sent, error = await self._stream_back(request, upstream)
-                return resp
-        except Exception as exc:  # every failure becomes an answer; none passes silently
-            status, error = _upstream_failure(exc, body_state)
-            if error == "body_too_large":
-                return responses.error(413, "body_too_large", "request body is larger than "
-                                       "allowed")
-            if error == "client_timeout":
-                return responses.error(408, "client_body_timeout", "request body stalled")
-            return responses.error(status, error, _FAILURE_MESSAGES.get(error, "upstream error"))
+            sending = time.perf_counter()
+            try:
+                upstream = await self._send(request.method, url, headers, data)
+                if upstream.status == 101:
+                    upstream.close()
+                    raise _ProtocolViolation("101 without an upgrade request")
+            except Exception as exc:
+                error = _failure(exc, body)
+                status = _BODY_FAULTS.get(error) or _UPSTREAM_STATUS[error]
+                return self._error(status, error)
+            upstream_duration = time.perf_counter() - sending
+            status = upstream.status
+            try:
+                resp, sent, error = await self._relay(request, upstream)
+            finally:
+                upstream.release()
+            return resp
+        except asyncio.CancelledError:
+            error = "client_disconnect"
+            raise
         finally:
             self._observer.observe(Observation(
                 facts, outcome, status, sent, time.perf_counter() - started,
                 upstream_duration, error,
             ))
 
-    async def _request_body(self, request: web.Request, state: _BodyState):  # type: ignore[no-untyped-def]
-        content = request.content
-        limit, idle = self._max_body, self._body_timeout
+    async def _send(
+        self, method: str, url: URL, headers: CIMultiDict[str],
+        data: AsyncIterator[bytes] | None,
+    ) -> aiohttp.ClientResponse:
+        # aiohttp itself sends an idempotent request once more when a pooled
+        # connection turns out to be closed, and never once its body was read.
+        return await self._session.request(
+            method, url, headers=headers, data=data, allow_redirects=False,
+            timeout=self._timeout,
+        )
+
+    async def _stream_body(self, request: web.BaseRequest, body: _Body) -> AsyncIterator[bytes]:
+        """The client's body, chunk by chunk as it arrives: each read must come
+        within the idle timeout, and the total must stay under the limit."""
+        if request.version == _HTTP11 and "Expect" in request.headers:
+            # Asked only now, when the upstream is connected and wants the body:
+            # a denied or failed request never invites it.
+            await request.writer.write(_CONTINUE)
+            request.writer.output_size = 0  # an interim answer is not the response
+        content, limit, idle = request.content, self._max_body, self._body_timeout
         while True:
             try:
                 async with asyncio.timeout(idle):
                     chunk = await content.readany()
             except TimeoutError:
-                state.timed_out = True
+                body.fault = "client_timeout"
+                raise
+            except Exception:
+                body.fault = "client_disconnect"
                 raise
             if not chunk:
                 return
-            state.sent += len(chunk)
-            if state.sent > limit:
-                state.too_large = True
+            body.received += len(chunk)
+            if body.received > limit:
+                body.fault = "body_too_large"
                 raise _BodyTooLarge
             yield chunk
 
-    async def _stream_back(
-        self, request: web.Request, upstream: aiohttp.ClientResponse
+    async def _relay(
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse
     ) -> tuple[web.StreamResponse, int, str | None]:
-        reason = upstream.reason
-        if reason is not None and ("\r" in reason or "\n" in reason or "\x00" in reason):
-            reason = None
-        resp = web.StreamResponse(
-            status=upstream.status, reason=reason,
+        """Stream the upstream's response to the client; (response, body bytes
+        sent, error kind or None)."""
+        resp = RelayedResponse(
+            status=upstream.status, reason=_safe_reason(upstream.reason),
             headers=downstream_response_headers(upstream.headers),
         )
-        await resp.prepare(request)
-        sent = 0
+        if self._draining:
+            resp.force_close()
+        await resp.prepare(request)  # the head waits in the writer for the first bytes
+        content, sent = upstream.content, 0
         try:
-            async for chunk in upstream.content.iter_chunked(_CHUNK):
+            # The part of the body that came with the head goes out in the same
+            # write as the head; a small response is one write, EOF included. With
+            # nothing there yet, the empty write sends the head alone at once.
+            chunk = content.read_nowait(_CHUNK)
+            while not content.at_eof():
                 await resp.write(chunk)
                 sent += len(chunk)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # Headers are gone already: the only honest signal left is to cut the
-            # connection so the client sees a truncated response, not a clean end.
-            if request.transport is not None:
-                request.transport.abort()
-            return resp, sent, "timeout" if isinstance(exc, TimeoutError) else "reset"
-        await resp.write_eof()
+                chunk = await content.read(_CHUNK)
+            await resp.write_eof(chunk)
+            sent += len(chunk)
+        except BaseException as exc:
+            # The head is gone already: the only honest signal left is to cut the
+            # connection, so the client sees a truncated response, not a clean end.
+            _abort(request)
+            if not isinstance(exc, Exception):
+                raise
+            return resp, sent, _mid_body_failure(exc)
         return resp, sent, None
+
+    # -- WebSocket --------------------------------------------------------------------
 
     async def _websocket(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         facts: RequestFacts,
         outcome: Outcome,
         chain: tuple[str, ...],
         started: float,
     ) -> web.StreamResponse:
-        headers = upstream_request_headers(
-            request.headers, client_ip=facts.client_ip, host=facts.host,
-            proto=request.scheme, forwarded_for_chain=chain,
-        )
-        for name in [h for h in headers if h.lower().startswith("sec-websocket-")]:
-            del headers[name]
-        protocols = [
-            p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
-            if p.strip()
-        ]
-        url = self._upstream.url(facts.path, facts.query, websocket=True)
         status, error = 101, None
         try:
-            resp = await pump_websocket(
-                request, self._session, url, headers, protocols, self._connect_timeout
-            )
-            return resp
-        except Exception as exc:
-            status, error = _upstream_failure(exc, _BodyState())
-            return responses.error(status, error, _FAILURE_MESSAGES.get(error, "upstream error"))
+            try:
+                upstream = await self._ws_connect(request, facts, chain)
+            except Exception as exc:
+                error = _failure(exc, None)
+                status = _UPSTREAM_STATUS[error]
+                return self._error(status, error)
+            try:
+                return await self._tunnel(request, upstream)
+            finally:
+                await upstream.close()
+        except asyncio.CancelledError:
+            error = "client_disconnect"
+            raise
         finally:
             self._observer.observe(Observation(
                 facts, outcome, status, 0, time.perf_counter() - started, None, error,
             ))
 
+    async def _ws_connect(
+        self, request: web.BaseRequest, facts: RequestFacts, chain: tuple[str, ...]
+    ) -> aiohttp.ClientWebSocketResponse:
+        headers = websocket_request_headers(
+            request.headers, client_ip=facts.client_ip, host=facts.host,
+            proto=request.scheme, forwarded_for_chain=chain,
+        )
+        # Only the opening handshake is time-boxed; an open tunnel may idle. The
+        # client validates the upstream's 101 and Sec-WebSocket-Accept, so a
+        # refused upgrade never becomes a raw tunnel.
+        async with asyncio.timeout(self._handshake_timeout):
+            return await self._session.ws_connect(
+                self._upstream.url(facts.path, facts.query, websocket=True),
+                headers=headers, protocols=websocket_protocols(request.headers),
+                autoping=False, autoclose=False, max_msg_size=self._max_body,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+            )
 
-class _BodyTooLarge(Exception):
-    pass
+    async def _tunnel(
+        self, request: web.BaseRequest, upstream: aiohttp.ClientWebSocketResponse
+    ) -> web.WebSocketResponse:
+        client = web.WebSocketResponse(
+            protocols=(upstream.protocol,) if upstream.protocol else (),
+            autoping=False, autoclose=False, compress=False, max_msg_size=self._max_body,
+            timeout=5.0,
+        )
+        await client.prepare(request)
+        stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tunnels.add(stop)
+        pumps = (
+            asyncio.ensure_future(_pump(client, upstream)),
+            asyncio.ensure_future(_pump(upstream, client)),
+        )
+        try:
+            await asyncio.wait((stop, *pumps), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._tunnels.discard(stop)
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+        # The side that did not close first gets the same code; on shutdown both
+        # sides are told the gate is going away.
+        code = aiohttp.WSCloseCode.GOING_AWAY if stop.done() else _relayed_code(pumps)
+        if not upstream.closed:
+            await upstream.close(code=code)
+        if not client.closed:
+            await client.close(code=code)
+        return client
 
 
-def _check_framing(request: web.Request) -> None:
-    """Refuse framings the C parser tolerates but an upstream could read differently."""
-    headers = request.headers
-    te = headers.getall("Transfer-Encoding", [])
-    if te:
-        if request.version < aiohttp.HttpVersion11:
+class RelayedResponse(web.StreamResponse):
+    """A `StreamResponse` that sends the upstream's head as it came.
+
+    aiohttp adds `Content-Type: application/octet-stream` to a response with a
+    body but without a type, and its own `Server` header. Neither is the
+    upstream's: a missing type lets the browser sniff, octet-stream makes it
+    download, and the stack version is nobody's business.
+    """
+
+    # Held back to share a write with the first body bytes (see `Proxy._relay`).
+    _send_headers_immediately = False
+
+    async def _prepare_headers(self) -> None:
+        headers = self.headers
+        had_type = "Content-Type" in headers
+        had_server = "Server" in headers
+        await super()._prepare_headers()
+        if not had_type:
+            headers.popall("Content-Type", None)
+        if not had_server:
+            headers.popall("Server", None)
+
+
+async def _pump(
+    src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+) -> int:
+    """Relay messages from `src` to `dst` until `src` closes; pass its close code
+    on, and return it."""
+    while True:
+        msg = await src.receive()
+        kind = msg.type
+        if kind is WSMsgType.TEXT:
+            await dst.send_str(msg.data)
+        elif kind is WSMsgType.BINARY:
+            await dst.send_bytes(msg.data)
+        elif kind is WSMsgType.PING:
+            await dst.ping(msg.data)
+        elif kind is WSMsgType.PONG:
+            await dst.pong(msg.data)
+        elif kind is WSMsgType.CLOSE:
+            code = msg.data or aiohttp.WSCloseCode.OK
+            reason = msg.extra.encode() if isinstance(msg.extra, str) else b""
+            await dst.close(code=code, message=reason)
+            return int(code)
+        else:  # CLOSING, CLOSED, ERROR: the connection is gone, there is no code
+            return int(aiohttp.WSCloseCode.OK)
+
+
+def _relayed_code(pumps: tuple[asyncio.Future[int], ...]) -> int:
+    for pump in pumps:
+        if pump.done() and not pump.cancelled() and pump.exception() is None:
+            return pump.result()
+    return int(aiohttp.WSCloseCode.OK)
+
+
+def _check_framing(version: aiohttp.HttpVersion, headers: MultiMapping[str]) -> int | None:
+    """Refuse framings the C parser tolerates but an upstream could read
+    differently; the declared Content-Length otherwise."""
+    te = headers.get("Transfer-Encoding")
+    if te is not None:
+        if version < _HTTP11:
             raise BadRequest("ambiguous_framing", "Transfer-Encoding on HTTP/1.0")
-        if len(te) != 1 or te[0].strip().lower() != "chunked":
+        values = headers.getall("Transfer-Encoding")
+        if len(values) != 1 or te.strip().lower() != "chunked":
             raise BadRequest("ambiguous_framing", "Transfer-Encoding other than 'chunked'")
-        if "Content-Length" in headers:
-            raise BadRequest("ambiguous_framing", "both Content-Length and Transfer-Encoding")
-    lengths = headers.getall("Content-Length", [])
-    if len(lengths) > 1 or (lengths and not lengths[0].strip().isdigit()):
-        raise BadRequest("ambiguous_framing", "several or malformed Content-Length headers")
+    return body_framing(headers)
 
 
-_FAILURE_MESSAGES = {
-    "refused": "the upstream refused the connection",
-    "reset": "the upstream closed the connection",
-    "timeout": "the upstream did not answer in time",
-    "protocol": "the upstream sent an invalid response",
-}
+def _safe_reason(reason: str | None) -> str | None:
+    if reason is None:
+        return None
+    # aiohttp refuses CR and LF in a reason; a header block must not be split
+    # by an upstream either way. The standard phrase is used instead.
+    if "\r" in reason or "\n" in reason or "\x00" in reason:
+        return None
+    return reason
 
 
-def _upstream_failure(exc: BaseException, body: _BodyState) -> tuple[int, str]:
-    if body.too_large or isinstance(exc, _BodyTooLarge):
-        return 413, "body_too_large"
-    if body.timed_out:
-        return 408, "client_timeout"
-    if isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
-        exc, aiohttp.ClientConnectorDNSError
-    ):
-        if isinstance(exc.os_error, TimeoutError):
-            return 504, "timeout"
-        return 502, "refused"
+def _failure(exc: BaseException, body: _Body | None) -> str:
+    """The error kind of a request that failed before the upstream's response
+    head: a client fault when the body stream broke, else the upstream's."""
+    if body is not None and body.fault is not None:
+        return body.fault
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return 502, "refused"
-    if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
-        return 504, "timeout"
-    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
-        return 502, "protocol"
-    return 502, "reset"
+        return "refused"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return "protocol"
+        return "timeout" if isinstance(exc.os_error, TimeoutError) else "refused"
+    if isinstance(exc, TimeoutError):  # includes aiohttp's ServerTimeoutError
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientResponseError | _ProtocolViolation):
+        return "protocol"
+    return "reset"
 
+
+def _mid_body_failure(exc: Exception) -> str:
+    if isinstance(exc, ConnectionResetError):  # writing to the client failed
+        return "client_disconnect"
+    return "timeout" if isinstance(exc, TimeoutError) else "reset"
+
+
+def _peer(request: web.BaseRequest) -> str:
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return str(peer[0]) if peer else "0.0.0.0"
+
+
+def _abort(request: web.BaseRequest) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()

@@ -1,20 +1,49 @@
-"""Listeners, signals and graceful shutdown for the proxy and admin apps."""
+"""Listeners, signals and graceful shutdown for the proxy and admin listeners.
+
+The main listener runs aiohttp's low-level server with `Proxy.handle` as its
+only handler. There is no router, no middleware and no automatic
+`100 Continue` between the wire and the gate: every request target, however
+odd, reaches the proxy, and a client that expects 100-continue is invited to
+send its body only once the gate has decided to forward it. Requests that
+aiohttp's parser refuses get the same JSON answer and `bad_request`
+observation as those the proxy refuses, instead of a traceback in the log.
+
+`serve` runs until SIGTERM or SIGINT: the listeners stop accepting, in-flight
+requests get up to `shutdown_timeout` to finish, WebSocket tunnels are closed
+with 1001, then the upstream session closes. SIGHUP calls `on_reload`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
 
 import aiohttp
-from aiohttp import http_parser, web
+from aiohttp import http_exceptions, http_parser, web
+from aiohttp.web_protocol import RequestHandler
 
+from gatekeeper.edge import responses
+from gatekeeper.edge.client_ip import TrustedProxies
+from gatekeeper.edge.proxy import SKIP_AUTO_HEADERS, Proxy, Upstream
 from gatekeeper.errors import SettingsError
+from gatekeeper.gate import Gate
+from gatekeeper.observe import logging as gk_logging
+from gatekeeper.observe.record import Observer
 from gatekeeper.settings import Settings, split_hostport
 
-SESSION_KEY = web.AppKey("upstream_session", aiohttp.ClientSession)
+T = TypeVar("T")
+
+# Kept for applications that hold the session themselves; the proxy listener
+# does not use it.
+UPSTREAM_KEEPALIVE: Final = 30.0  # seconds an idle pooled upstream connection is kept
+DNS_CACHE_TTL: Final = 60  # seconds
+
+_log = gk_logging.get_logger("gatekeeper.server")
 
 
 def require_c_parser() -> None:
@@ -30,9 +59,10 @@ def require_c_parser() -> None:
 
 
 def new_session(settings: Settings) -> aiohttp.ClientSession:
+    """The one upstream client: a bounded keep-alive pool that adds nothing of its own."""
     connector = aiohttp.TCPConnector(
         limit=settings.upstream_pool_size, limit_per_host=0, use_dns_cache=True,
-        ttl_dns_cache=60, keepalive_timeout=30,
+        ttl_dns_cache=DNS_CACHE_TTL, keepalive_timeout=UPSTREAM_KEEPALIVE,
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -40,82 +70,293 @@ def new_session(settings: Settings) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
         trust_env=False,
+        skip_auto_headers=SKIP_AUTO_HEADERS,
         read_bufsize=64 * 1024,
+        raise_for_status=False,
         timeout=aiohttp.ClientTimeout(total=None),
     )
 
 
+def handler_options(settings: Settings) -> dict[str, Any]:
+    """aiohttp server settings for an edge listener, not for an origin behind a proxy.
+
+    aiohttp's low-level server silently drops every option when one is unknown
+    to its protocol class, so each name is checked against it here."""
+    options: dict[str, Any] = {
+        "auto_decompress": False,  # a gzip body is forwarded as gzip
+        # Also the deadline for a request head: aiohttp closes a connection whose
+        # head is still incomplete when it expires.
+        "keepalive_timeout": settings.client_header_timeout,
+        "max_line_size": settings.max_header_size,
+        "max_field_size": settings.max_header_size,
+        "max_headers": settings.max_headers,
+        "access_log": None,  # the observer writes the one line per request
+    }
+    accepted = inspect.signature(RequestHandler.__init__).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise SettingsError(
+            f"this aiohttp ({aiohttp.__version__}) does not accept the server options "
+            f"{', '.join(unknown)}; install the aiohttp version in pyproject.toml"
+        )
+    return options
+
+
 def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
+    """A runner for an ordinary application (the admin listener)."""
     return web.AppRunner(
-        app,
-        auto_decompress=False,
-        handler_cancellation=True,
-        keepalive_timeout=settings.client_header_timeout,
-        max_line_size=settings.max_header_size,
-        max_field_size=settings.max_header_size,
-        max_headers=settings.max_headers,
-        access_log=None,
-        shutdown_timeout=settings.shutdown_timeout,
+        app, handler_cancellation=True, shutdown_timeout=settings.shutdown_timeout,
+        **handler_options(settings),
     )
+
+
+# -- the proxy listener ---------------------------------------------------------------
+
+
+class _GateProtocol(RequestHandler):
+    """aiohttp's connection handler, with the gate's answer for unparseable requests."""
+
+    __slots__ = ("_gk_observer",)
+
+    def __init__(self, manager: web.Server, *, observer: Observer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._gk_observer = observer
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # 400 with a parser exception is the request head failing to parse; any
+        # other error (and one after bytes were sent) stays aiohttp's to handle.
+        if (
+            status != 400
+            or not isinstance(exc, http_exceptions.HttpProcessingError)
+            or request.writer.output_size
+        ):
+            return super().handle_error(request, status, exc, message)
+        reason, code = _parse_error(exc)
+        peer = request.remote or "0.0.0.0"
+        self._gk_observer.bad_request(reason, peer, "-", code)
+        return responses.to_response(responses.error_answer(code, reason), close=True)
+
+
+def _parse_error(exc: http_exceptions.HttpProcessingError) -> tuple[str, int]:
+    """A bounded reason code and status for a request head aiohttp refused."""
+    if isinstance(exc, http_exceptions.LineTooLong):
+        # The parser names only the start of the line: a request target is the
+        # line that starts like one.
+        line = exc.args[0] if exc.args else b""
+        if isinstance(line, bytes | bytearray) and (
+            line[:1] in (b"/", b"*") or b"://" in line[:16]
+        ):
+            return "target_too_long", 414
+        return "header_too_large", 431
+    if isinstance(exc, http_exceptions.BadHttpMethod):
+        return "bad_method", 400
+    if isinstance(exc, http_exceptions.BadStatusLine):
+        return "bad_request_line", 400
+    if isinstance(exc, http_exceptions.InvalidHeader):
+        return "bad_header", 400
+    if isinstance(exc, http_exceptions.InvalidURLError):
+        return "bad_target", 400
+    # The first line says what is wrong; the rest quotes the offending input.
+    text = str(exc.message).partition("\n")[0].lower()
+    if "too many headers" in text:
+        return "too_many_headers", 431
+    if "transfer-encoding" in text or "content-length" in text:
+        return "ambiguous_framing", 400
+    if "header" in text:
+        return "bad_header", 400
+    return "malformed", 400
+
+
+class ProxyServer(web.Server):
+    """aiohttp's low-level server around `Proxy.handle`, with `_GateProtocol`."""
+
+    def __init__(self, proxy: Proxy, observer: Observer, options: dict[str, Any]) -> None:
+        super().__init__(proxy.handle, handler_cancellation=True, **options)
+        self._gk_options = options
+        self._gk_observer = observer
+        self._gk_loop = asyncio.get_running_loop()
+
+    def __call__(self) -> RequestHandler:
+        return _GateProtocol(
+            self, observer=self._gk_observer, loop=self._gk_loop, **self._gk_options
+        )
+
+
+class _ProxyRunner(web.ServerRunner):
+    def __init__(
+        self, server: ProxyServer, on_shutdown: Callable[[], Awaitable[None]], timeout: float
+    ) -> None:
+        super().__init__(server, shutdown_timeout=timeout)
+        self._on_shutdown = on_shutdown
+
+    async def shutdown(self) -> None:
+        # Called once the listener is closed and idle connections are gone,
+        # before in-flight requests are waited for.
+        await self._on_shutdown()
+
+
+class ProxyService:
+    """The main listener's parts: the upstream session, the `Proxy` and its server.
+
+    Built outside the event loop, started by `Listeners.start` (which calls
+    `setup` and, when the listener stops, `close`).
+    """
+
+    def __init__(
+        self,
+        gate: Gate,
+        observer: Observer,
+        settings: Settings,
+        upstream: Upstream,
+        trusted: TrustedProxies,
+    ) -> None:
+        self._gate = gate
+        self._observer = observer
+        self._settings = settings
+        self._upstream = upstream
+        self._trusted = trusted
+        self._session: aiohttp.ClientSession | None = None
+        self.proxy: Proxy | None = None
+
+    async def setup(self) -> web.BaseRunner:
+        settings = self._settings
+        options = handler_options(settings)
+        self._session = new_session(settings)
+        proxy = Proxy(self._gate, self._observer, settings, self._upstream, self._trusted,
+                      self._session)
+        self.proxy = proxy
+        runner = _ProxyRunner(ProxyServer(proxy, self._observer, options), proxy.shutdown,
+                              settings.shutdown_timeout)
+        await runner.setup()
+        return runner
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 @dataclass
 class Listeners:
-    runners: list[web.AppRunner] = field(default_factory=list)
-    addresses: list[tuple[str, int]] = field(default_factory=list)
+    """Started listeners, stopped in the order they were started."""
 
-    async def start(self, app: web.Application, listen: str, settings: Settings) -> int:
+    runners: list[web.BaseRunner] = field(default_factory=list)
+    addresses: list[tuple[str, int]] = field(default_factory=list)
+    _closers: list[Callable[[], Awaitable[None]] | None] = field(default_factory=list)
+
+    async def start(
+        self, target: web.Application | ProxyService, listen: str, settings: Settings
+    ) -> int:
+        """Listen on `listen` (HOST:PORT; port 0 picks one) and return the bound port."""
         host, port = split_hostport(listen)
-        runner = make_runner(app, settings)
-        await runner.setup()
+        if isinstance(target, ProxyService):
+            runner, closer = await target.setup(), target.close
+        else:
+            runner, closer = make_runner(target, settings), None
+            await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
         try:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
+            if closer is not None:
+                await closer()
             raise SettingsError(f"cannot listen on {listen}: {exc.strerror}") from exc
         self.runners.append(runner)
+        self._closers.append(closer)
         bound = _bound_port(runner) or port
         self.addresses.append((host, bound))
         return bound
 
     async def stop(self) -> None:
-        # The proxy goes first (stop accepting, drain), then admin, so /healthz answers
-        # for as long as requests are in flight.
-        for runner in self.runners:
+        # The proxy goes first (stop accepting, drain), then admin, so /healthz
+        # answers for as long as requests are in flight.
+        for runner, closer in zip(self.runners, self._closers, strict=True):
             await runner.cleanup()
+            if closer is not None:
+                await closer()
         self.runners.clear()
+        self._closers.clear()
 
 
-def _bound_port(runner: web.AppRunner) -> int | None:
+def _bound_port(runner: web.BaseRunner) -> int | None:
     for addr in runner.addresses:
         if isinstance(addr, tuple) and len(addr) >= 2:
             return int(addr[1])
     return None
 
 
+# -- running until told to stop -----------------------------------------------------------
+
+
 async def serve_until_signalled(
-    start: Callable[[Listeners], asyncio.Future[None] | object],
-    on_reload: Callable[[], None],
-    ready: Callable[[Listeners], None] | None = None,
+    start: Callable[[Listeners], Awaitable[None] | object],
+    on_reload: Callable[[], object],
+    ready: Callable[[Listeners], object] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Start listeners with `start`, then wait for SIGTERM/SIGINT (drain and stop) while
-    SIGHUP calls `on_reload`."""
+    """Start listeners with `start`, then run until SIGTERM or SIGINT (or `stop` is
+    set); SIGHUP calls `on_reload`. Then drain and stop the listeners."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop = stop if stop is not None else asyncio.Event()
     listeners = Listeners()
-    result = start(listeners)
-    if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-        await result
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, on_reload)
-    if ready is not None:
-        ready(listeners)
     try:
+        result = start(listeners)
+        if inspect.isawaitable(result):
+            await result
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, on_reload)
+        if ready is not None:
+            ready(listeners)
         await stop.wait()
     finally:
+        # A second signal while draining gets the default action: a hard stop.
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
         await listeners.stop()
+
+
+async def serve(
+    proxy: ProxyService,
+    settings: Settings,
+    *,
+    admin: web.Application | None = None,
+    on_reload: Callable[[], object] | None = None,
+    on_started: Callable[[Listeners], object] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """The proxy on `settings.listen` and, if given, `admin` on
+    `settings.admin_listen`, until a signal (or `stop`); see the module docstring."""
+    require_c_parser()
+
+    async def start(listeners: Listeners) -> None:
+        await listeners.start(proxy, settings.listen, settings)
+        if admin is not None:
+            await listeners.start(admin, settings.admin_listen, settings)
+
+    await serve_until_signalled(start, on_reload or _no_reload, on_started, stop)
+
+
+def _no_reload() -> None:
+    _log.info("reload_ignored", reason="nothing to reload")
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` to completion on uvloop when it is installed (the `speed` extra),
+    on asyncio's own loop otherwise, and log which."""
+    try:
+        import uvloop
+    except ImportError:
+        _log.info("event_loop", loop="asyncio")
+        return asyncio.run(main)
+    _log.info("event_loop", loop="uvloop")
+    result: T = uvloop.run(main)
+    return result

@@ -3,11 +3,26 @@ that a denied request never reaches the upstream."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
 
-from tests.integration.conftest import BROWSER, GPTBOT, StartGate, Upstream, raw_request, status_of
+from gatekeeper.core.facts import RequestFacts
+from gatekeeper.gate import Gate, Outcome
+from tests.integration.conftest import (
+    BROWSER,
+    GPTBOT,
+    MiB,
+    RawUpstream,
+    StartGate,
+    StartRaw,
+    Upstream,
+    raw_request,
+    read_head,
+    status_of,
+    statuses_of,
+)
 
 PREMIUM_BLOCKED = """
 version: 1
@@ -236,3 +251,135 @@ async def test_metrics_count_decisions_by_crawler_and_action(
 
 def _json(body: bytes) -> dict[str, object]:
     return json.loads(body.split(b"\r\n\r\n", 1)[1])  # type: ignore[no-any-return]
+
+
+async def test_pipelined_requests_are_decided_one_by_one_in_order(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url)
+    req = b"".join(
+        f"GET /p{i} HTTP/1.1\r\nHost: h\r\nUser-Agent: {ua}\r\n{last}\r\n".encode()
+        for i, (ua, last) in enumerate(
+            [(BROWSER, ""), (GPTBOT, ""), (BROWSER, ""), (GPTBOT, "Connection: close\r\n")]
+        )
+    )
+    response = await raw_request(gk.port, req)
+    statuses = statuses_of(response)
+    assert statuses == [200, 403, 200, 403]
+    assert upstream.paths() == ["/p0", "/p2"]
+
+
+async def test_every_request_is_observed_exactly_once(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url, max_body_size=1000)
+    async with aiohttp.ClientSession() as s:
+        for path, ua in (("/a", BROWSER), ("/a", GPTBOT), ("/big?mib=1", BROWSER),
+                         ("/redirect", BROWSER)):
+            async with s.get(gk.url + path, headers={"User-Agent": ua},
+                             allow_redirects=False) as r:
+                await r.read()
+        async with s.post(gk.url + "/up", data=b"x" * 5000) as r:
+            assert r.status == 413
+    await raw_request(gk.port, b"GET /%zz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    await raw_request(gk.port, b"GET /a HTTP/1.x\r\nHost: h\r\n\r\n")
+    decided = [(o.facts.path, o.status) for o in gk.observer.observed]
+    assert decided == [("/a", 200), ("/a", 403), ("/big", 200), ("/redirect", 302)]
+    assert gk.observer.observed[2].bytes_sent == MiB
+    assert gk.observer.refused == [
+        ("body_too_large", 413), ("bad_escape", 400), ("bad_request_line", 400),
+    ]
+
+
+class ExplodingGate(Gate):
+    """A gate with a bug in it."""
+
+    def __init__(self) -> None:
+        pass
+
+    async def decide(self, facts: RequestFacts) -> Outcome:
+        raise RuntimeError("bug")
+
+
+async def test_a_failing_gate_answers_500_and_forwards_nothing(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url, gate=ExplodingGate())
+    async with aiohttp.ClientSession() as s, s.get(gk.url + "/a") as r:
+        assert r.status == 500
+        assert await r.json() == {"error": "internal_error", "status": 500}
+    assert upstream.seen == []
+    assert gk.observer.refused == [("internal_error", 500)]
+
+
+async def test_requests_the_parser_refuses_get_the_same_json_answer(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url)
+    cases = {
+        b"GET /a HTTP/1.1\r\nHost : h\r\n\r\n": "bad_header",
+        b"GET /a HTTP/1.1\r\nHost: h\r\nX: a\x00b\r\n\r\n": "bad_header",
+        b"GET /a HTTP/1.1\r\nHost: h\r\nX: a\r\n folded\r\n\r\n": "bad_header",
+        b"GET /a HTTP/1.x\r\nHost: h\r\n\r\n": "bad_request_line",
+        b"G@T /a HTTP/1.1\r\nHost: h\r\n\r\n": "bad_method",
+        b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nTransfer-Encoding: chunked"
+        b"\r\n\r\n0\r\n\r\n": "ambiguous_framing",
+    }
+    for raw, reason in cases.items():
+        response = await raw_request(gk.port, raw)
+        assert status_of(response) == 400, raw
+        assert _json(response) == {"error": reason, "status": 400}, raw
+    assert [r for r, _ in gk.observer.refused] == list(cases.values())
+    assert upstream.seen == []
+    value = gk.components.registry.get_sample_value
+    assert value("gatekeeper_bad_requests_total", {"reason": "bad_header"}) == 3
+
+
+async def test_http09_and_transfer_encodings_the_parser_tolerates_get_400(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url)
+    cases = [
+        b"GET /a\r\n\r\n",
+        b"GET /a HTTP/0.9\r\nHost: h\r\n\r\n",
+        b"POST /a HTTP/1.0\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: ,chunked\r\n\r\n0\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked,\r\n\r\n0\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    ]
+    for raw in cases:
+        response = await raw_request(gk.port, raw, timeout=2)
+        assert status_of(response) in (400, 0), (raw, response[:80])
+    assert upstream.seen == []
+
+
+async def test_upstream_base_path_is_prefixed_to_the_canonical_path(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url + "/base/")
+    req = b"GET /a/../b/./c?q=1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    assert status_of(await raw_request(gk.port, req)) == 200
+    assert upstream.paths() == ["/base/b/c?q=1"]
+
+
+async def test_response_hop_by_hop_headers_never_reach_the_client(
+    raw_upstream: StartRaw, start_gatekeeper: StartGate
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     state: RawUpstream) -> None:
+        await read_head(reader, state)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\n"
+                     b"X-Internal: secret\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: Basic"
+                     b"\r\nUpgrade: h2c\r\nX-Kept: 1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
+                     b"Content-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    up = await raw_upstream(script)
+    gk = await start_gatekeeper(up.url)
+    async with aiohttp.ClientSession() as s, s.get(gk.url + "/a") as r:
+        assert await r.read() == b"ok"
+        names = {k.lower() for k in r.headers}
+        assert r.headers.getall("Set-Cookie") == ["a=1", "b=2"]
+    assert "x-kept" in names
+    for gone in ("x-internal", "keep-alive", "proxy-authenticate", "upgrade"):
+        assert gone not in names
