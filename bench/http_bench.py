@@ -167,11 +167,11 @@ class LogTap:
         self._thread.join(5.0)
 
     def event_loop(self) -> str | None:
-        """The loop Gatekeeper says it runs on, from its `started` log line."""
+        """The loop Gatekeeper says it runs on, from its `event_loop` log line."""
         for line in self.head:
             with contextlib.suppress(ValueError):
                 doc = json.loads(line)
-                if isinstance(doc, dict) and doc.get("event") == "started":
+                if isinstance(doc, dict) and doc.get("event") == "event_loop":
                     return str(doc.get("loop", "?"))
         return None
 
