@@ -10,7 +10,6 @@ from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gatekeeper.core.evaluate import select
 from gatekeeper.core.facts import RequestFacts
 from gatekeeper.core.model import RateLimit
 from gatekeeper.edge.target import BadRequest, canonicalize, check_host
@@ -47,7 +46,9 @@ async def explain(
     gate = Gate(catalog, lambda: policy, MemoryStore())
     outcome = await gate.decide(facts)
     cls, decision = outcome.classification, outcome.decision
-    selected = select(policy, facts, cls, outcome.identity)
+    selected = outcome.selected
+    if selected is None:  # the gate always records what it selected
+        raise RuntimeError("the gate returned no selected rule")
     crawler = cls.crawler
     report["request"] = {
         "method": method, "host": host, "path": facts.path, "query": facts.query,

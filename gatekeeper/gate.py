@@ -12,7 +12,7 @@ from typing import Protocol
 
 from gatekeeper.core.catalog import Classification
 from gatekeeper.core.decision import Decision
-from gatekeeper.core.evaluate import decide, select
+from gatekeeper.core.evaluate import Selected, decide, select
 from gatekeeper.core.facts import Identity, RequestFacts
 from gatekeeper.core.model import Policy, RateLimit
 from gatekeeper.core.ratelimit import bucket_key
@@ -36,6 +36,9 @@ class Outcome:
     decision: Decision
     # True when the store failed and a rate limit fell back to local counters.
     store_fallback: bool = False
+    # The rule that matched and the action it named (the policy default when none did),
+    # so `explain` can point at the rule without evaluating the policy a second time.
+    selected: Selected | None = None
 
 
 class Gate:
@@ -59,7 +62,7 @@ class Gate:
         selected = select(policy, facts, cls, identity)
         action = selected.action
         if not isinstance(action, RateLimit):
-            return Outcome(cls, identity, decide(policy, selected))
+            return Outcome(cls, identity, decide(policy, selected), selected=selected)
         key = bucket_key(selected.name, action, facts, cls)
         fallback = False
         try:
@@ -68,4 +71,4 @@ class Gate:
             # Documented failure mode: rate limits fall back to per-process counters.
             limit = self._local.take_now(key, action.rate, action.burst, facts.now)
             fallback = True
-        return Outcome(cls, identity, decide(policy, selected, limit), fallback)
+        return Outcome(cls, identity, decide(policy, selected, limit), fallback, selected)
