@@ -24,7 +24,7 @@ CATALOG_VERSION = 1
 _REQUIRED = ("name", "operator", "purpose", "ua_tokens", "robots_token")
 # "source" and "note" document where an entry came from and why it is classified
 # as it is; the classifier does not read them.
-_OPTIONAL = ("url", "verification", "source", "note")
+_OPTIONAL = ("url", "ip_ranges", "rdns_domains", "signature_agents", "source", "note")
 _FIELDS = frozenset(_REQUIRED + _OPTIONAL)
 # Shorter literals are ordinary words or version fragments; three letters plus
 # "/" ("yak/") is the floor, and such tokens carry the "/" to stay specific.
@@ -136,13 +136,17 @@ class _EntryChecker:
         purpose = self.purpose()
         ua_tokens = self.ua_tokens()
         url = self.url()
-        verification = self.string_list("verification")
+        ip_ranges = self.string_list("ip_ranges")
+        rdns_domains = self.domains()
+        signature_agents = self.origins()
         for field in ("source", "note"):
             if field in entry and not isinstance(entry[field], str):
                 self.error(field, "expected a string")
         if self.problems or name is None or operator is None or robots_token is None:
             return None
-        if purpose is None or ua_tokens is None or verification is None:
+        if purpose is None or ua_tokens is None or ip_ranges is None:
+            return None
+        if rdns_domains is None or signature_agents is None:
             return None
         return Crawler(
             name=name,
@@ -151,7 +155,9 @@ class _EntryChecker:
             ua_tokens=ua_tokens,
             robots_token=robots_token,
             url=url,
-            verification=verification,
+            ip_ranges=ip_ranges,
+            rdns_domains=rdns_domains,
+            signature_agents=signature_agents,
         )
 
     def label_text(self, field: str) -> str | None:
@@ -210,6 +216,28 @@ class _EntryChecker:
         if value and not value.startswith(("https://", "http://")):
             self.error("url", f"{value!r}: expected an http(s) URL or an empty string")
         return value
+
+    def domains(self) -> tuple[str, ...] | None:
+        values = self.string_list("rdns_domains")
+        for i, value in enumerate(values or ()):
+            labels = value.split(".")
+            if value != value.lower() or len(labels) < 2 or not all(
+                label and all(c.isalnum() or c == "-" for c in label) for label in labels
+            ):
+                self.error(f"rdns_domains[{i}]", f"{value!r}: expected a lower-case domain "
+                           "such as 'googlebot.com' (no leading dot or wildcard)")
+                return None
+        return values
+
+    def origins(self) -> tuple[str, ...] | None:
+        values = self.string_list("signature_agents")
+        for i, value in enumerate(values or ()):
+            scheme, sep, host = value.partition("://")
+            if scheme != "https" or not sep or not host or "/" in host:
+                self.error(f"signature_agents[{i}]", f"{value!r}: expected an https origin "
+                           "such as 'https://chatgpt.com'")
+                return None
+        return values
 
     def string_list(self, field: str) -> tuple[str, ...] | None:
         value = self.entry.get(field, [])

@@ -76,8 +76,23 @@ class Crawler:
     ua_tokens: tuple[str, ...]
     robots_token: str
     url: str = ""
-    # Filled by the identity work: e.g. ("ip-ranges", "reverse-dns", "web-bot-auth").
-    verification: tuple[str, ...] = ()
+    # What the operator publishes to prove a request is really theirs. Range-list ids
+    # name files in `gatekeeper/data/ip-ranges/sources.json`; domains are reverse-DNS
+    # suffixes matched on label boundaries; signature agents are the origins whose
+    # Web Bot Auth key directories may sign for this crawler.
+    ip_ranges: tuple[str, ...] = ()
+    rdns_domains: tuple[str, ...] = ()
+    signature_agents: tuple[str, ...] = ()
+
+    @property
+    def verification(self) -> tuple[str, ...]:
+        """The methods that can verify this crawler, strongest first."""
+        methods = (
+            ("web-bot-auth", self.signature_agents),
+            ("ip-ranges", self.ip_ranges),
+            ("reverse-dns", self.rdns_domains),
+        )
+        return tuple(name for name, data in methods if data)
 
 
 @dataclass(frozen=True, slots=True)

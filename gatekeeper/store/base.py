@@ -18,6 +18,13 @@ class Store(Protocol):
         """Spend one token from the bucket `key` (refilled at `rate`/s up to `burst`)."""
         ...
 
+    async def first_seen(self, key: str, ttl: float, now: float) -> bool:
+        """Record `key` for `ttl` seconds; True the first time, False while it is remembered.
+
+        The replay cache: a Web Bot Auth nonce or a token id seen twice is a replay.
+        """
+        ...
+
     async def close(self) -> None:
         """Release connections; the store is not used afterwards."""
         ...

@@ -15,9 +15,13 @@ class MemoryStore:
     client a fresh (full) bucket.
     """
 
-    def __init__(self, max_buckets: int = 100_000) -> None:
+    def __init__(self, max_buckets: int = 100_000, max_seen: int = 1_000_000) -> None:
         self._buckets: OrderedDict[str, Bucket] = OrderedDict()
         self._max = max_buckets
+        # key -> expiry, in insertion order; a replay cache that forgets a key early
+        # would accept a replay, so entries leave only when expired or at the bound.
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._max_seen = max_seen
 
     async def take(self, key: str, rate: float, burst: int, now: float) -> LimitResult:
         return self.take_now(key, rate, burst, now)
@@ -31,8 +35,26 @@ class MemoryStore:
             self._buckets.popitem(last=False)
         return result
 
+    async def first_seen(self, key: str, ttl: float, now: float) -> bool:
+        seen = self._seen
+        # Expire from the old end; with one ttl per use the oldest entries expire first.
+        while seen:
+            oldest, expiry = next(iter(seen.items()))
+            if expiry > now:
+                break
+            del seen[oldest]
+        expiry = seen.get(key)
+        if expiry is not None and expiry > now:
+            return False
+        seen[key] = now + ttl
+        seen.move_to_end(key)
+        if len(seen) > self._max_seen:
+            seen.popitem(last=False)
+        return True
+
     async def close(self) -> None:
         self._buckets.clear()
+        self._seen.clear()
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -26,3 +26,11 @@ async def test_buckets_are_independent_per_key(store: Store) -> None:
     assert (await store.take("conf|a", rate=0.01, burst=1, now=3000.0)).allowed
     assert not (await store.take("conf|a", rate=0.01, burst=1, now=3000.0)).allowed
     assert (await store.take("conf|b", rate=0.01, burst=1, now=3000.0)).allowed
+
+
+async def test_first_seen_is_true_once_then_false_until_expiry(store: Store) -> None:
+    assert await store.first_seen("conf|nonce-1", ttl=60.0, now=4000.0)
+    assert not await store.first_seen("conf|nonce-1", ttl=60.0, now=4010.0)
+    assert await store.first_seen("conf|nonce-2", ttl=60.0, now=4010.0)
+    # Remembered for its ttl only: afterwards the key is new again.
+    assert await store.first_seen("conf|nonce-1", ttl=60.0, now=4061.0)

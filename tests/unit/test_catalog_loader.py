@@ -78,10 +78,13 @@ def test_every_ai_robots_name_is_recognised() -> None:
 
 def test_packaged_entries_are_clean() -> None:
     catalog = load_catalog()
+    sources = json.loads(
+        resources.files("gatekeeper.data").joinpath("ip-ranges/sources.json").read_text("utf-8")
+    )["sources"]
     for crawler in catalog:
         assert "[" not in crawler.operator, crawler.name
         assert "http" not in crawler.operator, crawler.name
-        assert crawler.verification == ()
+        assert set(crawler.ip_ranges) <= set(sources), crawler.name
         assert all(token == normalize(token) for token in crawler.ua_tokens)
     purposes = {crawler.purpose for crawler in catalog}
     assert purposes == set(Purpose)
@@ -178,12 +181,16 @@ def test_a_failed_load_is_not_cached(tmp_path: Path) -> None:
 
 
 def test_optional_fields(tmp_path: Path) -> None:
-    text = document(entry(url="https://openai.com/gptbot", verification=["ip-ranges"],
+    text = document(entry(url="https://openai.com/gptbot", ip_ranges=["openai-gptbot"],
+                          rdns_domains=["openai.com"], signature_agents=["https://chatgpt.com"],
                           source="ai.robots.txt", note="why"))
     crawler = parse_catalog(text).get("GPTBot")
     assert crawler is not None
     assert crawler.url == "https://openai.com/gptbot"
-    assert crawler.verification == ("ip-ranges",)
+    assert crawler.ip_ranges == ("openai-gptbot",)
+    assert crawler.rdns_domains == ("openai.com",)
+    assert crawler.signature_agents == ("https://chatgpt.com",)
+    assert crawler.verification == ("web-bot-auth", "ip-ranges", "reverse-dns")
 
 
 def test_an_unreadable_path_is_an_error(tmp_path: Path) -> None:
@@ -217,7 +224,12 @@ def test_an_unreadable_path_is_an_error(tmp_path: Path) -> None:
         (document(entry(robots_token="GPT:Bot")), "robots_token: 'GPT:Bot': must not contain"),
         (document(entry(url="openai.com")), "url: 'openai.com': expected an http"),
         (document(entry(url=3)), "url: expected a string"),
-        (document(entry(verification=[1])), "verification: expected a list of non-empty"),
+        (document(entry(ip_ranges=[1])), "ip_ranges: expected a list of non-empty"),
+        (document(entry(rdns_domains=[".google.com"])), r"rdns_domains\[0\]: '\.google\.com'"),
+        (document(entry(rdns_domains=["*.google.com"])), r"rdns_domains\[0\]"),
+        (document(entry(rdns_domains=["Google.com"])), r"rdns_domains\[0\]"),
+        (document(entry(signature_agents=["http://x.com"])), r"signature_agents\[0\]: "),
+        (document(entry(signature_agents=["https://x.com/p"])), r"signature_agents\[0\]: "),
         (document(entry(note=["x"])), "note: expected a string"),
         (document(entry(), entry(ua_tokens=["other"])), r"x\.json: crawler 'GPTBot' is listed"),
         (document(entry(), entry(name="B", ua_tokens=["gptbot"])),
