@@ -43,8 +43,8 @@ class MemoryStore:
             if expiry > now:
                 break
             del seen[oldest]
-        expiry = seen.get(key)
-        if expiry is not None and expiry > now:
+        known = seen.get(key)
+        if known is not None and known > now:
             return False
         seen[key] = now + ttl
         seen.move_to_end(key)
