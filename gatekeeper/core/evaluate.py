@@ -99,14 +99,14 @@ def decide(policy: Policy, selected: Selected, limit: LimitResult | None = None)
     name = selected.name
     keyword = action_name(action)
     if isinstance(action, Allow):
-        return Decision(keyword, name, Reason.ALLOWED, forward=True)
+        return _forwarded(keyword, name, Reason.ALLOWED)
     if isinstance(action, Monitor):
-        return Decision(keyword, name, Reason.MONITORED, forward=True)
+        return _forwarded(keyword, name, Reason.MONITORED)
     if isinstance(action, RateLimit):
         if limit is None:
             raise ValueError("a rate_limit decision needs the bucket result")
         if limit.allowed:
-            return Decision(keyword, name, Reason.ALLOWED, forward=True)
+            return _forwarded(keyword, name, Reason.ALLOWED)
         denial = _rate_limited(name, limit.retry_after)
     elif isinstance(action, Block):
         denial = _blocked(name, action)
@@ -124,6 +124,13 @@ def _json(doc: dict[str, object]) -> bytes:
 
 
 _JSON = ("Content-Type", "application/json")
+
+
+# Decisions are immutable and, for forwarded requests, depend on nothing but the
+# rule: one instance per rule serves every request it allows.
+@lru_cache(maxsize=1024)
+def _forwarded(keyword: str, rule: str, reason: Reason) -> Decision:
+    return Decision(keyword, rule, reason, forward=True)
 
 
 @lru_cache(maxsize=1024)

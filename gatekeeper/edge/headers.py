@@ -87,8 +87,13 @@ def _never_forwarded(name: str) -> bool:
     )
 
 
+_NO_TOKENS: frozenset[str] = frozenset()
+
+
 def connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
     """The names in all `Connection` lines, normalised like `normalise_name`."""
+    if "Connection" not in headers:
+        return _NO_TOKENS
     return frozenset(
         normalise_name(token.strip())
         for line in headers.getall("Connection", ())
@@ -218,8 +223,10 @@ def downstream_response_headers(upstream: MultiMapping[str]) -> CIMultiDict[str]
         norm = _normalised(name)
         if norm in HOP_BY_HOP or norm in nominated:
             continue
-        if _BAD_VALUE.search(value):
-            continue  # never let an upstream split the response we send
+        # Never let an upstream split the response we send. Three substring
+        # tests cost a third of a regex search, on every response header.
+        if "\r" in value or "\n" in value or "\x00" in value:
+            continue
         out.add(name, value)
     return out
 
