@@ -56,6 +56,9 @@ class Purpose(StrEnum):
     SOCIAL_PREVIEW = "social-preview"
     MONITOR = "monitor"
     OTHER_BOT = "other-bot"
+    # No catalog entry has it: the gate gives it to a client whose user agent
+    # claims nothing but whose behaviour is a bot's (see gatekeeper.core.behaviour).
+    UNDECLARED_BOT = "undeclared-bot"
 
 
 class Kind(StrEnum):
@@ -63,6 +66,7 @@ class Kind(StrEnum):
 
     CRAWLER = "crawler"  # names a catalog entry
     OTHER_BOT = "other-bot"  # an obvious automated client not in the catalog
+    UNDECLARED_BOT = "undeclared-bot"  # claims nothing, behaves like a bot
     UNKNOWN = "unknown"  # browser-like, or nothing recognisable
 
 
@@ -110,12 +114,15 @@ class Classification:
             object.__setattr__(self, "purpose", crawler.purpose)
         else:
             object.__setattr__(self, "name", self.kind.value)
-            other = Purpose.OTHER_BOT if self.kind is Kind.OTHER_BOT else None
-            object.__setattr__(self, "purpose", other)
+            object.__setattr__(self, "purpose", _KIND_PURPOSE.get(self.kind))
+
+
+_KIND_PURPOSE = {Kind.OTHER_BOT: Purpose.OTHER_BOT, Kind.UNDECLARED_BOT: Purpose.UNDECLARED_BOT}
 
 
 UNKNOWN = Classification(Kind.UNKNOWN)
 OTHER_BOT = Classification(Kind.OTHER_BOT)
+UNDECLARED_BOT = Classification(Kind.UNDECLARED_BOT)
 
 # HTTP libraries and headless tools: automated, but nobody's crawler. Searched in
 # the same pass as the catalog tokens, with the same boundary rule, and ranked

@@ -45,7 +45,13 @@ class Selected:
         return self.rule.name if self.rule is not None else DEFAULT_RULE
 
 
-def matches(m: Match, facts: RequestFacts, cls: Classification, identity: Identity) -> bool:
+def matches(
+    m: Match,
+    facts: RequestFacts,
+    cls: Classification,
+    identity: Identity,
+    robots_disallowed: bool | None = None,
+) -> bool:
     # Cheapest and most selective conditions first: most rules fail on the crawler set.
     crawler = cls.crawler
     if m.crawlers is not None and (crawler is None or crawler.name not in m.crawlers):
@@ -64,6 +70,8 @@ def matches(m: Match, facts: RequestFacts, cls: Classification, identity: Identi
         return False
     if m.methods is not None and facts.method not in m.methods:
         return False
+    if m.robots_disallowed is not None and m.robots_disallowed is not robots_disallowed:
+        return False
     if m.hosts is not None and not any(p.match(facts.host) for p in m.hosts):
         return False
     if m.paths is not None and not any(p.match(facts.path) for p in m.paths):
@@ -79,16 +87,22 @@ def matches(m: Match, facts: RequestFacts, cls: Classification, identity: Identi
 
 
 def select(
-    policy: Policy, facts: RequestFacts, cls: Classification, identity: Identity
+    policy: Policy,
+    facts: RequestFacts,
+    cls: Classification,
+    identity: Identity,
+    robots_disallowed: bool | None = None,
 ) -> Selected:
+    """The first rule that matches; `robots_disallowed` is the origin's robots.txt
+    verdict for the crawler on this path (None when there is none)."""
     for section in policy.host_sections:
         if any(p.match(facts.host) for p in section.hosts):
             for rule in section.rules:
-                if matches(rule.match, facts, cls, identity):
+                if matches(rule.match, facts, cls, identity, robots_disallowed):
                     return Selected(rule, rule.action)
             break
     for rule in policy.rules:
-        if matches(rule.match, facts, cls, identity):
+        if matches(rule.match, facts, cls, identity, robots_disallowed):
             return Selected(rule, rule.action)
     return Selected(None, policy.default)
 

@@ -117,6 +117,9 @@ class Match:
     methods: frozenset[str] | None = None
     hosts: tuple[Pattern, ...] | None = None
     headers: tuple[HeaderMatch, ...] = ()
+    # True: the origin's robots.txt disallows this path for the crawler's token;
+    # False: it allows it. A request with no robots verdict matches neither.
+    robots_disallowed: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

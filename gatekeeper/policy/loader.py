@@ -539,6 +539,9 @@ class _FileWalker:
         before = len(self.ctx.problems)
         conditions: dict[str, Any] = {}
         for key, value in m.items():
+            if key == "robots":
+                conditions["robots_disallowed"] = self.robots(value, f"{field}.{key}")
+                continue
             conditions[key] = self._CONDITIONS[key](self, value, f"{field}.{key}")
         if len(self.ctx.problems) > before:
             return None
@@ -583,6 +586,15 @@ class _FileWalker:
 
     def identities(self, node: Node, field: str) -> frozenset[Identity]:
         return self.enum_set(node, field, Identity)
+
+    def robots(self, node: Node, field: str) -> bool | None:
+        word = self.text(node, field)
+        if word is None:
+            return None
+        if word not in V.ROBOTS_STATES:
+            self.error(node, field, _not_one_of(word, list(V.ROBOTS_STATES)))
+            return None
+        return word == "disallowed"
 
     def methods(self, node: Node, field: str) -> frozenset[str]:
         out = set()

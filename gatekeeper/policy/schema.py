@@ -117,6 +117,7 @@ def _match() -> Schema:
             "hosts": _strings(),
             "headers": {"type": "object", "minProperties": 1,
                         "additionalProperties": _header_condition()},
+            "robots": _enum(V.ROBOTS_STATES),
         },
     )
 

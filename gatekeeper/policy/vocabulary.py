@@ -41,13 +41,15 @@ MATCH_KEYS: dict[str, str] = {
     "crawlers": "Catalog crawler names (any case).",
     "operators": "Operators of catalog crawlers, e.g. OpenAI (any case).",
     "purposes": "Why the crawler fetches pages.",
-    "kinds": "crawler (in the catalog), other-bot, or unknown.",
+    "kinds": "crawler (in the catalog), other-bot, undeclared-bot (a bot by its behaviour), or unknown.",
     "identities": "How sure the gate is of who sent the request.",
     "paths": "Path globs: * within a segment, ** any segments, ?, {a,b}.",
     "methods": "HTTP methods (any case).",
     "hosts": "Host globs: *.example.com is every subdomain.",
     "headers": "Header name: present, absent, {equals: v}, {glob: g} or {regex: r}.",
+    "robots": "disallowed or allowed: what the origin's robots.txt says for the crawler here.",
 }
+ROBOTS_STATES = ("disallowed", "allowed")
 HEADER_STATES = ("present", "absent")
 HEADER_VALUE_KEYS: dict[str, str] = {
     "equals": "The value, exactly (case-sensitive).",

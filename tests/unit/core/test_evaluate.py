@@ -196,3 +196,33 @@ def test_default_action_applies_when_nothing_matches() -> None:
     d = decide(policy, select(policy, facts(), UNKNOWN, Identity.UNKNOWN))
     assert d.rule == "default"
     assert d.status == 403
+
+
+@pytest.mark.parametrize(
+    ("condition", "verdict", "expected"),
+    [
+        (True, True, True),  # robots: disallowed, and robots.txt disallows the path
+        (True, False, False),
+        (True, None, False),  # no verdict (no robots.txt known): the condition cannot hold
+        (False, False, True),  # robots: allowed
+        (False, True, False),
+        (False, None, False),
+        (None, None, True),  # no condition
+        (None, True, True),
+    ],
+)
+def test_robots_condition_matches_only_the_verdict_it_names(
+    condition: bool | None, verdict: bool | None, expected: bool
+) -> None:
+    m = Match(robots_disallowed=condition)
+    assert matches(m, facts(), GPT, Identity.VERIFIED, verdict) is expected
+
+
+def test_undeclared_bot_has_its_own_kind_and_purpose() -> None:
+    from gatekeeper.core.catalog import UNDECLARED_BOT
+
+    assert UNDECLARED_BOT.name == "undeclared-bot"
+    assert UNDECLARED_BOT.purpose is Purpose.UNDECLARED_BOT
+    m = Match(purposes=frozenset({Purpose.UNDECLARED_BOT}))
+    assert matches(m, facts(), UNDECLARED_BOT, Identity.UNKNOWN)
+    assert not matches(m, facts(), UNKNOWN, Identity.UNKNOWN)

@@ -169,6 +169,7 @@ def test_full_rule_syntax_builds_the_model() -> None:
     assert m.kinds == frozenset({"crawler"})
     assert m.identities == frozenset(Identity)
     assert m.methods == frozenset({"GET", "HEAD"})
+    assert m.robots_disallowed is True
     assert m.paths is not None
     assert [p.text for p in m.paths][:2] == ["/premium/**", "/archive/*/full"]
     assert m.hosts is not None
