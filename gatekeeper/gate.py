@@ -10,21 +10,34 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from gatekeeper.core.catalog import Classification
+from gatekeeper.core.behaviour import BehaviourConfig, Score, client_keys, score_client, signals_for
+from gatekeeper.core.catalog import UNDECLARED_BOT, Classification, Kind
 from gatekeeper.core.decision import Decision
 from gatekeeper.core.evaluate import Selected, decide, select
 from gatekeeper.core.facts import Identity, RequestFacts
 from gatekeeper.core.model import Policy, RateLimit
 from gatekeeper.core.ratelimit import bucket_key
+from gatekeeper.core.robots import RobotsRules, RobotsVerdict
 from gatekeeper.errors import StoreUnavailable
 from gatekeeper.store.base import Store
 from gatekeeper.store.memory import MemoryStore
+from gatekeeper.verify.identity import IdentityVerifier, Verification
 
 
 class Classifier(Protocol):
     """What the gate needs from the catalog (see `gatekeeper.core.catalog.Catalog`)."""
 
     def classify(self, user_agent: str) -> Classification: ...
+
+
+class RobotsSource(Protocol):
+    """The origin's robots.txt per host (see `gatekeeper.edge.origin_robots`)."""
+
+    async def rules(self, host: str) -> RobotsRules: ...
+
+    def peek(self, host: str) -> RobotsRules | None: ...
+
+    def refresh_soon(self, host: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,36 +52,128 @@ class Outcome:
     # The rule that matched and the action it named (the policy default when none did),
     # so `explain` can point at the rule without evaluating the policy a second time.
     selected: Selected | None = None
+    # How the identity state was reached (None: nothing was checked).
+    verification: Verification | None = None
+    # What the user agent alone said, when the gate classified the request otherwise
+    # (a valid signature naming a crawler behind a browser's user agent, or behaviour
+    # marking a browser-like client as an undeclared bot).
+    claimed: Classification | None = None
+    # The origin's robots.txt on this path for the crawler's token ("*" for clients
+    # that claim none); None when no robots.txt is known yet or compliance is off.
+    robots: RobotsVerdict | None = None
+    # The behaviour score of a client that claims no crawler; None when not scored.
+    behaviour: Score | None = None
+
+    @property
+    def robots_violation(self) -> bool:
+        """A catalog crawler asked for a path its robots.txt group disallows."""
+        return (self.robots is not None and not self.robots.allowed
+                and self.classification.crawler is not None)
 
 
 class Gate:
+    """Classify, verify, check robots.txt and behaviour, then evaluate the policy.
+
+    Optional parts (`identity`, `behaviour`, and the robots.txt source attached by
+    `attach_robots` once the upstream client exists) are skipped when absent.
+    """
+
     def __init__(
         self,
         classifier: Classifier,
         policy: Callable[[], Policy],
         store: Store,
+        *,
+        identity: IdentityVerifier | None = None,
+        behaviour: BehaviourConfig | None = None,
+        robots: RobotsSource | None = None,
     ) -> None:
         # `policy` is a getter so a hot reload is seen by the next request.
         self._classifier = classifier
         self._policy = policy
         self._store = store
+        self._identity = identity
+        self._behaviour = behaviour
+        self._robots = robots
         self._local = MemoryStore(max_buckets=10_000)
+
+    def attach_robots(self, robots: RobotsSource | None) -> None:
+        self._robots = robots
 
     async def decide(self, facts: RequestFacts) -> Outcome:
         cls = self._classifier.classify(facts.user_agent)
-        # Until identity verification lands, a claimed crawler is only a claim.
-        identity = Identity.UNKNOWN if cls.crawler is None else Identity.UNVERIFIED
+        claimed: Classification | None = None
+        verification: Verification | None = None
+        if self._identity is None:
+            # Without verification a claimed crawler is only a claim.
+            identity = Identity.UNKNOWN if cls.crawler is None else Identity.UNVERIFIED
+        elif cls.crawler is None and "Signature-Input" not in facts.headers:
+            identity = Identity.UNKNOWN  # the common case: a browser, nothing to check
+        else:
+            verification = await self._identity.verify(facts, cls)
+            identity = verification.identity
+            signer = verification.signed_as
+            if signer is not None and cls.crawler is not signer:
+                claimed, cls = cls, Classification(Kind.CRAWLER, signer)
+        robots = await self._robots_verdict(facts, cls) if self._robots is not None else None
+        disallowed = None if robots is None else not robots.allowed
+        score: Score | None = None
+        keys: tuple[str, str] | None = None
+        if self._behaviour is not None:
+            keys = client_keys(facts.client_ip)
+            score = await self._score(facts, cls, keys, bool(disallowed), self._behaviour)
+            if score is not None and score.undeclared:
+                claimed, cls = cls, UNDECLARED_BOT
         policy = self._policy()
-        selected = select(policy, facts, cls, identity)
+        selected = select(policy, facts, cls, identity, disallowed)
         action = selected.action
-        if not isinstance(action, RateLimit):
-            return Outcome(cls, identity, decide(policy, selected), selected=selected)
-        key = bucket_key(selected.name, action, facts, cls)
         fallback = False
-        try:
-            limit = await self._store.take(key, action.rate, action.burst, facts.now)
-        except StoreUnavailable:
-            # Documented failure mode: rate limits fall back to per-process counters.
-            limit = self._local.take_now(key, action.rate, action.burst, facts.now)
-            fallback = True
-        return Outcome(cls, identity, decide(policy, selected, limit), fallback, selected)
+        if isinstance(action, RateLimit):
+            key = bucket_key(selected.name, action, facts, cls)
+            try:
+                limit = await self._store.take(key, action.rate, action.burst, facts.now)
+            except StoreUnavailable:
+                # Documented failure mode: rate limits fall back to per-process counters.
+                limit = self._local.take_now(key, action.rate, action.burst, facts.now)
+                fallback = True
+            decision = decide(policy, selected, limit)
+        else:
+            decision = decide(policy, selected)
+        if keys is not None and not decision.forward and cls.crawler is not None:
+            # A refused crawler that comes back as a browser is switching user agents.
+            await self._store.note_refusal(keys, cls.crawler.name, facts.now)
+        return Outcome(cls, identity, decision, fallback, selected, verification, claimed,
+                       robots, score)
+
+    async def _robots_verdict(
+        self, facts: RequestFacts, cls: Classification
+    ) -> RobotsVerdict | None:
+        assert self._robots is not None
+        crawler = cls.crawler
+        rules = self._robots.peek(facts.host)
+        if rules is not None:
+            self._robots.refresh_soon(facts.host)
+        elif crawler is not None:
+            # A crawler's first request for a host waits for the fetch (bounded by its
+            # timeout); everyone else is decided at once and the fetch runs behind.
+            rules = await self._robots.rules(facts.host)
+        else:
+            self._robots.refresh_soon(facts.host)
+            return None
+        path = f"{facts.path}?{facts.query}" if facts.query else facts.path
+        return rules.verdict(crawler.robots_token if crawler is not None else "*", path)
+
+    async def _score(
+        self, facts: RequestFacts, cls: Classification, keys: tuple[str, str],
+        disallowed: bool, cfg: BehaviourConfig,
+    ) -> Score | None:
+        """Count the request in the client's windows; score it when it claims nothing."""
+        crawler = cls.crawler
+        signals = signals_for(facts.path, facts.headers,
+                              crawler.name if crawler is not None else "", disallowed)
+        ip_window, net_window = await self._store.observe_client(keys, signals, facts.now, cfg)
+        # Only browser-like and empty user agents are candidates: a declared crawler or
+        # an honest script already says what it is.
+        if crawler is not None or (cls.kind is not Kind.UNKNOWN and facts.user_agent):
+            return None
+        return score_client(ip_window, net_window, signals, facts.now, cfg)

@@ -28,6 +28,7 @@ class Settings:
     listen: str = "0.0.0.0:8080"
     admin_listen: str = "127.0.0.1:9108"
     policy: str = ""  # empty: the embedded default policy
+    catalog: str = ""  # empty: the packaged crawler catalog
     trusted_proxies: tuple[str, ...] = ()
     store: Literal["memory"] = "memory"
     # Limits (bytes)
@@ -44,6 +45,17 @@ class Settings:
     policy_watch_interval: float = 2.0  # seconds between policy file checks; 0 disables
     log_format: LogFormat = "json"
     log_level: str = "info"
+    # Identity (docs/identity.md)
+    ranges_cache_dir: str = ""  # empty: $XDG_CACHE_HOME/gatekeeper/ip-ranges (or ~/.cache/...)
+    ranges_refresh_interval: float = 21600.0  # seconds between range-list refreshes; 0 disables
+    dns_servers: tuple[str, ...] = ()  # HOST:PORT resolvers for reverse DNS; empty: the system's
+    rdns_budget: float = 0.05  # seconds a request may wait for DNS; 0: decide now, look up behind
+    dns_timeout: float = 2.0  # seconds a whole lookup may take before it counts as failed
+    signature_max_skew: float = 60.0  # seconds of clock difference allowed on `created`/`expires`
+    signature_max_age: float = 300.0  # seconds a Web Bot Auth signature stays usable
+    robots_compliance: bool = True  # read the origin's robots.txt and count violations
+    robots_ttl: float = 3600.0  # seconds the origin's robots.txt is cached
+    behaviour: bool = True  # score clients that claim no crawler (undeclared bots)
 
     def with_overrides(self, values: Mapping[str, Any], origin: str) -> Settings:
         """A copy with `values` applied; unknown names or bad types raise SettingsError."""
@@ -68,6 +80,19 @@ class Settings:
             split_hostport(getattr(self, name), name)
         if self.upstream and not self.upstream.startswith(("http://", "https://")):
             raise SettingsError(f"upstream: {self.upstream!r} must start with http:// or https://")
+        for server in self.dns_servers:
+            split_hostport(server, "dns_servers")
+        for name in ("rdns_budget", "dns_timeout", "signature_max_skew", "signature_max_age",
+                     "ranges_refresh_interval", "robots_ttl"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name}: must not be negative")
+
+    def ranges_cache_path(self) -> Path:
+        """Where fetched range lists are kept (`gatekeeper crawlers update` writes here)."""
+        if self.ranges_cache_dir:
+            return Path(self.ranges_cache_dir)
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "gatekeeper" / "ip-ranges"
 
 
 def split_hostport(value: str, name: str = "listen") -> tuple[str, int]:

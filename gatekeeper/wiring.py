@@ -12,26 +12,35 @@ import os
 import time
 from dataclasses import dataclass
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gatekeeper.catalog_loader import load_catalog
+from gatekeeper.core.behaviour import BehaviourConfig
 from gatekeeper.core.catalog import UNKNOWN, Catalog, Classification
 from gatekeeper.core.model import Policy
 from gatekeeper.edge import server
 from gatekeeper.edge.admin import UpstreamProbe, build_admin_app
 from gatekeeper.edge.client_ip import TrustedProxies
+from gatekeeper.edge.origin_robots import OriginRobots
 from gatekeeper.edge.proxy import Upstream
 from gatekeeper.edge.server import Listeners, ProxyService
 from gatekeeper.errors import PolicyError, SettingsError
 from gatekeeper.gate import Classifier, Gate
 from gatekeeper.observe import logging as gk_logging
 from gatekeeper.observe.metrics import Metrics
-from gatekeeper.observe.record import Recorder
+from gatekeeper.observe.record import Observer, Recorder
 from gatekeeper.policy.loader import load_default_policy, load_policy_file
 from gatekeeper.policy.reload import PolicyHolder, ReloadResult, watch
-from gatekeeper.settings import Settings
+from gatekeeper.settings import Settings, split_hostport
 from gatekeeper.store.memory import MemoryStore
+from gatekeeper.verify.identity import IdentityVerifier
+from gatekeeper.verify.keydir import KeyDirectory
+from gatekeeper.verify.range_update import RangeRefresher, UpdateResult
+from gatekeeper.verify.ranges import RangeRegistry
+from gatekeeper.verify.rdns import ReverseDnsVerifier
+from gatekeeper.verify.webbotauth import WebBotAuthVerifier
 
 
 def load_policy(path: str | None, catalog: Catalog) -> Policy:
@@ -47,6 +56,49 @@ class _NoClassification:
 
 
 @dataclass
+class Ranges:
+    """The serving range lists; the background refresher swaps `current`."""
+
+    current: RangeRegistry
+
+    def get(self) -> RangeRegistry:
+        return self.current
+
+
+@dataclass
+class Identity:
+    """The identity checks and the I/O they own (closed on shutdown)."""
+
+    verifier: IdentityVerifier
+    ranges: Ranges
+    rdns: ReverseDnsVerifier
+    keys: KeyDirectory
+
+    async def close(self) -> None:
+        await self.rdns.close()
+        await self.keys.close()
+
+
+def build_identity(settings: Settings, catalog: Catalog, store: MemoryStore) -> Identity:
+    """Published ranges (snapshot, or the fresher cached copy), reverse DNS and Web
+    Bot Auth, wired to `settings`. Nothing here does I/O until a request needs it."""
+    ranges = Ranges(RangeRegistry.load(None, settings.ranges_cache_path()))
+    nameservers = [split_hostport(s, "dns_servers") for s in settings.dns_servers] or None
+    rdns = ReverseDnsVerifier(nameservers, timeout=settings.dns_timeout)
+    keys = KeyDirectory(_verification_session, max_skew=settings.signature_max_skew)
+    signatures = WebBotAuthVerifier(keys, store, max_skew=settings.signature_max_skew,
+                                    max_age=settings.signature_max_age)
+    verifier = IdentityVerifier(catalog, ranges.get, rdns=rdns, signatures=signatures,
+                                rdns_budget=settings.rdns_budget)
+    return Identity(verifier, ranges, rdns, keys)
+
+
+def _verification_session() -> aiohttp.ClientSession:
+    # Separate from the upstream pool: these go to the crawler operators' sites.
+    return aiohttp.ClientSession(trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
+
+
+@dataclass
 class Components:
     settings: Settings
     catalog: Catalog
@@ -57,35 +109,57 @@ class Components:
     recorder: Recorder
     upstream: Upstream
     trusted: TrustedProxies
+    identity: Identity
 
 
 def build(settings: Settings, registry: CollectorRegistry | None = None) -> Components:
     if not settings.upstream:
         raise SettingsError("upstream: required, e.g. --upstream http://127.0.0.1:8000")
-    catalog = load_catalog()
+    catalog = load_catalog(settings.catalog or None)
     policy = load_policy(settings.policy or None, catalog)
     holder = PolicyHolder(policy, settings.policy or None, catalog)
     store = MemoryStore()
     classifier: Classifier = catalog
     if os.environ.get("GATEKEEPER_BENCH_NO_CLASSIFY") == "1":
         classifier = _NoClassification()
-    gate = Gate(classifier, holder.get, store)
+    identity = build_identity(settings, catalog, store)
+    behaviour = BehaviourConfig() if settings.behaviour else None
+    gate = Gate(classifier, holder.get, store, identity=identity.verifier, behaviour=behaviour)
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry, catalog.names, store=settings.store)
     recorder = Recorder(metrics, gk_logging.get_logger("gatekeeper"))
     recorder.reload_result(True, policy.source, [], time.time(), policy=policy)
+    metrics.ranges_loaded(identity.ranges.current)
     try:
         upstream = Upstream(settings.upstream)
         trusted = TrustedProxies.from_cidrs(settings.trusted_proxies)
     except ValueError as exc:
         raise SettingsError(str(exc)) from exc
     return Components(settings, catalog, holder, store, gate, registry, recorder, upstream,
-                      trusted)
+                      trusted, identity)
 
 
-def proxy_app(c: Components) -> ProxyService:
-    """The main listener: aiohttp's low-level server with the proxy, no router."""
-    return ProxyService(c.gate, c.recorder, c.settings, c.upstream, c.trusted)
+def proxy_app(c: Components, gate: Gate | None = None,
+              observer: Observer | None = None) -> ProxyService:
+    """The main listener: aiohttp's low-level server with the proxy, no router.
+
+    When robots.txt compliance is on, the origin's robots.txt is read through the
+    proxy's own upstream pool."""
+    gate = gate or c.gate
+    robots: list[OriginRobots] = []
+
+    def attach(session: aiohttp.ClientSession) -> None:
+        if c.settings.robots_compliance:
+            robots.append(OriginRobots(session, c.settings.upstream, ttl=c.settings.robots_ttl))
+            gate.attach_robots(robots[-1])
+
+    async def detach() -> None:
+        gate.attach_robots(None)
+        for source in robots:
+            await source.close()
+
+    return ProxyService(gate, observer or c.recorder, c.settings, c.upstream, c.trusted,
+                        on_session=attach, on_close=detach)
 
 
 def admin_app(c: Components) -> web.Application:
@@ -122,6 +196,9 @@ async def serve(c: Components) -> None:
     watcher = asyncio.create_task(watch(
         c.holder, c.settings.policy_watch_interval, lambda r: record_reload(c, r)
     ))
+    refresher = range_refresher(c)
+    if refresher is not None:
+        refresher.start()
 
     def started(listeners: Listeners) -> None:
         (lh, lp), (ah, ap) = listeners.addresses
@@ -136,8 +213,25 @@ async def serve(c: Components) -> None:
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
+        if refresher is not None:
+            await refresher.stop()
+        await c.identity.close()
         await c.store.close()
         log.info("stopped")
+
+
+def range_refresher(c: Components) -> RangeRefresher | None:
+    """Refreshes the range lists in the background; None when switched off."""
+    interval = c.settings.ranges_refresh_interval
+    if interval <= 0:
+        return None
+
+    def reloaded(registry: RangeRegistry, results: list[UpdateResult]) -> None:
+        c.identity.ranges.current = registry
+        c.recorder.ranges_refreshed(registry, results)
+
+    return RangeRefresher(None, c.settings.ranges_cache_path(), interval,
+                          _verification_session, reloaded)
 
 
 def run(settings: Settings) -> int:

@@ -30,6 +30,8 @@ class RequestFacts:
     the edge, `multidict.CIMultiDict` in tests); the core only reads from it.
     `path` is the canonical path, the exact one that is forwarded upstream.
     `now` is wall-clock seconds, stamped by the edge; the core never reads a clock.
+    `raw_path` is the path as the client sent it and `scheme` the scheme it used:
+    a Web Bot Auth signature covers those, not the canonical form.
     """
 
     method: str
@@ -39,6 +41,8 @@ class RequestFacts:
     headers: Mapping[str, str]
     client_ip: str
     now: float
+    raw_path: str = ""
+    scheme: str = "http"
 
     @property
     def user_agent(self) -> str:

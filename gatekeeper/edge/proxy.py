@@ -216,6 +216,7 @@ class Proxy:
         facts = RequestFacts(
             method=request.method, host=host, path=target.path, query=target.query,
             headers=headers, client_ip=ip, now=time.time(),
+            raw_path=request.raw_path.partition("?")[0], scheme=request.scheme,
         )
         return facts, declared, upgrade
 

@@ -215,6 +215,9 @@ class ProxyService:
         settings: Settings,
         upstream: Upstream,
         trusted: TrustedProxies,
+        *,
+        on_session: Callable[[aiohttp.ClientSession], Awaitable[None] | None] | None = None,
+        on_close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._gate = gate
         self._observer = observer
@@ -222,12 +225,20 @@ class ProxyService:
         self._upstream = upstream
         self._trusted = trusted
         self._session: aiohttp.ClientSession | None = None
+        # Parts that reach the upstream too (its robots.txt) share the pool: they are
+        # given the session once it exists, and `on_close` runs before it closes.
+        self._on_session = on_session
+        self._on_close = on_close
         self.proxy: Proxy | None = None
 
     async def setup(self) -> web.BaseRunner:
         settings = self._settings
         options = handler_options(settings)
         self._session = new_session(settings)
+        if self._on_session is not None:
+            pending = self._on_session(self._session)
+            if pending is not None:
+                await pending
         proxy = Proxy(self._gate, self._observer, settings, self._upstream, self._trusted,
                       self._session)
         self.proxy = proxy
@@ -237,6 +248,8 @@ class ProxyService:
         return runner
 
     async def close(self) -> None:
+        if self._on_close is not None:
+            await self._on_close()
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -20,7 +20,8 @@ every metric is a plain Counter, Gauge or Histogram built here.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -39,7 +40,11 @@ from gatekeeper import __version__
 from gatekeeper.core.catalog import Kind, Purpose
 from gatekeeper.core.decision import Reason
 from gatekeeper.core.facts import Identity
+from gatekeeper.core.httpsig import SigFailure
 from gatekeeper.core.model import Policy, Rule, action_name
+from gatekeeper.verify.identity import CHECK_RESULTS, METHODS, Verification
+from gatekeeper.verify.range_update import UpdateResult
+from gatekeeper.verify.ranges import RangeRegistry
 
 OTHER: Final = "other"
 NO_PURPOSE: Final = "none"  # browsers and unrecognised clients have no purpose
@@ -52,7 +57,9 @@ MAX_BAD_REQUEST_REASONS: Final = 64
 MAX_CACHED_SERIES: Final = 8192
 
 # Closed label vocabularies: exported for the documentation and the tests.
-CRAWLER_BUCKETS: Final = (Kind.UNKNOWN.value, Kind.OTHER_BOT.value, OTHER)
+CRAWLER_BUCKETS: Final = (
+    Kind.UNKNOWN.value, Kind.OTHER_BOT.value, Kind.UNDECLARED_BOT.value, OTHER,
+)
 PURPOSE_LABELS: Final = (*(p.value for p in Purpose), NO_PURPOSE)
 IDENTITY_LABELS: Final = tuple(i.value for i in Identity)
 # The policy's action keywords (gatekeeper.core.model.action_name).
@@ -70,6 +77,12 @@ RELOAD_RESULTS: Final = ("success", "failure")
 LATENCY_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
+# Identity checks: from an in-memory range lookup (microseconds) to a DNS lookup
+# that ran out of its budget.
+CHECK_BUCKETS: Final = (0.00001, 0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0)
+SIGNATURE_FAILURES: Final = tuple(f.value for f in SigFailure)
+RECLASSIFIED_BY: Final = ("web-bot-auth", "behaviour")
+RANGE_UPDATE_RESULTS: Final = ("updated", "unchanged", "failed")
 _REASON_CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
@@ -185,6 +198,49 @@ class Metrics:
             "gatekeeper_build_info", "Always 1: the running version as a label.",
             ["version"], registry=registry,
         )
+        self._build_identity(registry)
+
+    def _build_identity(self, registry: CollectorRegistry) -> None:
+        self.spoofed = Counter(
+            "gatekeeper_spoofed_requests_total",
+            "Requests whose user agent claims a crawler that its operator's published data "
+            "refutes, by claimed crawler.", ["crawler"], registry=registry,
+        )
+        self.verifications = Counter(
+            "gatekeeper_verifications_total",
+            "Identity checks run, by method and result.", ["method", "result"],
+            registry=registry,
+        )
+        self.verification_duration = Histogram(
+            "gatekeeper_verification_duration_seconds",
+            "Time a request waited on one identity check, by method.", ["method"],
+            buckets=CHECK_BUCKETS, registry=registry,
+        )
+        self.signature_failures = Counter(
+            "gatekeeper_signature_failures_total",
+            "Web Bot Auth signatures presented and rejected, by reason.", ["reason"],
+            registry=registry,
+        )
+        self.reclassifications = Counter(
+            "gatekeeper_reclassifications_total",
+            "Requests classified otherwise than their user agent says, by evidence and "
+            "resulting crawler.", ["by", "crawler"], registry=registry,
+        )
+        self.ranges_age = Gauge(
+            "gatekeeper_crawler_ranges_age_seconds",
+            "Seconds since each published range list was last fetched or confirmed "
+            "unchanged (for a shipped snapshot: since the operator published it).",
+            ["list"], registry=registry,
+        )
+        self.ranges_prefixes = Gauge(
+            "gatekeeper_crawler_ranges_prefixes", "Prefixes loaded from each range list.",
+            ["list"], registry=registry,
+        )
+        self.range_updates = Counter(
+            "gatekeeper_crawler_ranges_updates_total",
+            "Range-list refresh attempts, by list and result.", ["list", "result"],
+            registry=registry,
+        )
 
     def _preinitialise(self) -> None:
         # Series that exist at zero before traffic, so rates, ratios and alerts
@@ -200,6 +256,11 @@ class Metrics:
         self._store_fallback = self.store_fallbacks.labels(self.store)
         self.rule_matches.labels(DEFAULT_RULE, "allow")
         self._rule_pairs.add((DEFAULT_RULE, "allow"))
+        self._checks = {
+            (m, r): (self.verifications.labels(m, r), self.verification_duration.labels(m))
+            for m in METHODS for r in CHECK_RESULTS
+        }
+        self._sig_failures = {r: self.signature_failures.labels(r) for r in SIGNATURE_FAILURES}
 
     # -- label bounding -------------------------------------------------------
 
@@ -283,7 +344,40 @@ class Metrics:
             return
         self._upstream_errors.get(kind, self._upstream_error_other).inc()
 
+    def identity_checked(self, verification: Verification, claimed: str) -> None:
+        """One request's identity checks; `claimed` is the crawler its user agent named."""
+        for check in verification.checks:
+            pair = self._checks.get((check.method, check.result))
+            if pair is not None:
+                pair[0].inc()
+                pair[1].observe(check.elapsed)
+        if verification.identity is Identity.SPOOFED:
+            self.spoofed.labels(self.crawler_label(claimed)).inc()
+        failure = verification.signature_failure
+        if failure is not None:
+            self._sig_failures.get(failure, self._sig_failures[SigFailure.MALFORMED]).inc()
+
+    def reclassified(self, by: str, crawler: str) -> None:
+        self.reclassifications.labels(_closed(by, RECLASSIFIED_BY),
+                                      self.crawler_label(crawler)).inc()
+
     # -- events off the request path -------------------------------------------
+
+    def ranges_loaded(self, registry: RangeRegistry) -> None:
+        """Age and size gauges for every list of `registry` (the serving one)."""
+        for source_id in registry.sources():
+            state = registry.info(source_id)
+            self.ranges_prefixes.labels(source_id).set(state.prefixes)
+            stamp = state.fetched_at or state.updated_at
+            age = self.ranges_age.labels(source_id)
+            if stamp is None:
+                age.set(float("nan"))  # no data at all: no age to report
+            else:
+                age.set_function(_seconds_since(stamp))
+
+    def range_update(self, result: UpdateResult) -> None:
+        self.range_updates.labels(result.source_id,
+                                  _closed(result.status, RANGE_UPDATE_RESULTS)).inc()
 
     def bad_request(self, reason: str) -> None:
         child = self._bad_reasons.get(reason)
@@ -332,6 +426,10 @@ class Metrics:
         self._series.clear()
         self.policy_info.clear()
         self.policy_info.labels(policy.source, policy.mode.value).set(1)
+
+
+def _seconds_since(stamp: float) -> Callable[[], float]:
+    return lambda: time.time() - stamp
 
 
 def _closed(value: str, vocabulary: tuple[str, ...]) -> str:

@@ -29,6 +29,8 @@ from gatekeeper.errors import Problem
 from gatekeeper.gate import Outcome
 from gatekeeper.observe import logging as gk_logging
 from gatekeeper.observe.metrics import NO_PURPOSE, Metrics
+from gatekeeper.verify.range_update import UpdateResult
+from gatekeeper.verify.ranges import RangeRegistry
 
 MAX_UA_LOGGED: Final = 256
 # During a store outage every rate-limited request falls back; one warning per
@@ -105,6 +107,12 @@ class Recorder:
             m.upstream_duration.observe(obs.upstream_duration)
         if obs.upstream_error is not None:
             m.upstream_error(obs.upstream_error)
+        verification = outcome.verification
+        if verification is not None:
+            claimed = outcome.claimed.name if outcome.claimed is not None else cls.name
+            m.identity_checked(verification, claimed)
+            if outcome.claimed is not None:
+                m.reclassified("web-bot-auth", cls.name)
         if outcome.store_fallback:
             self.store_fallback()
         if self._requests.enabled:
@@ -136,6 +144,18 @@ class Recorder:
             self._log.error("policy_reload_failed", source=source, kept="last good policy",
                             problems=[str(p) for p in problems])
 
+    def ranges_refreshed(self, registry: RangeRegistry, results: Sequence[UpdateResult]) -> None:
+        """A background range-list refresh finished; `registry` now serves."""
+        for result in results:
+            self.metrics.range_update(result)
+            if result.status == "failed":
+                self._log.warning("ranges_update_failed", list=result.source_id,
+                                  error=result.error, kept="last good copy")
+        self.metrics.ranges_loaded(registry)
+        updated = [r.source_id for r in results if r.status == "updated"]
+        if updated:
+            self._log.info("ranges_updated", lists=updated)
+
     def store_fallback(self) -> None:
         """A decision used the documented fallback because the store failed.
 
@@ -156,6 +176,7 @@ class Recorder:
 def _request_fields(obs: Observation) -> dict[str, Any]:
     facts = obs.facts
     outcome = obs.outcome
+    verification = outcome.verification
     cls = outcome.classification
     decision = outcome.decision
     upstream = obs.upstream_duration
@@ -173,6 +194,8 @@ def _request_fields(obs: Observation) -> dict[str, Any]:
         "crawler": cls.name,
         "purpose": cls.purpose or NO_PURPOSE,
         "identity": outcome.identity,
+        "verified_by": verification.method or None if verification else None,
+        "identity_detail": verification.detail if verification else None,
         "rule": decision.rule,
         "action": decision.action,
         "reason": decision.reason,

@@ -41,7 +41,7 @@ MATCH_KEYS: dict[str, str] = {
     "crawlers": "Catalog crawler names (any case).",
     "operators": "Operators of catalog crawlers, e.g. OpenAI (any case).",
     "purposes": "Why the crawler fetches pages.",
-    "kinds": "crawler (in the catalog), other-bot, undeclared-bot (a bot by its behaviour), or unknown.",
+    "kinds": "crawler (in the catalog), other-bot, undeclared-bot (by behaviour), or unknown.",
     "identities": "How sure the gate is of who sent the request.",
     "paths": "Path globs: * within a segment, ** any segments, ?, {a,b}.",
     "methods": "HTTP methods (any case).",

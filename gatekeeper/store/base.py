@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from gatekeeper.core.behaviour import BehaviourConfig, Signals, Window
 from gatekeeper.core.ratelimit import LimitResult
 
 
@@ -23,6 +24,17 @@ class Store(Protocol):
 
         The replay cache: a Web Bot Auth nonce or a token id seen twice is a replay.
         """
+        ...
+
+    async def observe_client(
+        self, keys: tuple[str, str], signals: Signals, now: float, cfg: BehaviourConfig
+    ) -> tuple[Window, Window]:
+        """Count one request in the behaviour windows of a client's address and network
+        (`gatekeeper.core.behaviour.client_keys`); both windows, updated."""
+        ...
+
+    async def note_refusal(self, keys: tuple[str, str], crawler: str, now: float) -> None:
+        """Remember that the gate refused `crawler` for this client (user-agent switching)."""
         ...
 
     async def close(self) -> None:

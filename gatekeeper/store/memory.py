@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from gatekeeper.core.behaviour import BehaviourConfig, Signals, Window
 from gatekeeper.core.ratelimit import Bucket, LimitResult, take
+from gatekeeper.store.windows import WindowTable
 
 
 class MemoryStore:
@@ -15,13 +17,15 @@ class MemoryStore:
     client a fresh (full) bucket.
     """
 
-    def __init__(self, max_buckets: int = 100_000, max_seen: int = 1_000_000) -> None:
+    def __init__(self, max_buckets: int = 100_000, max_seen: int = 1_000_000,
+                 max_clients: int = 100_000) -> None:
         self._buckets: OrderedDict[str, Bucket] = OrderedDict()
         self._max = max_buckets
         # key -> expiry, in insertion order; a replay cache that forgets a key early
         # would accept a replay, so entries leave only when expired or at the bound.
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._max_seen = max_seen
+        self._windows = WindowTable(max_clients)
 
     async def take(self, key: str, rate: float, burst: int, now: float) -> LimitResult:
         return self.take_now(key, rate, burst, now)
@@ -51,6 +55,17 @@ class MemoryStore:
         if len(seen) > self._max_seen:
             seen.popitem(last=False)
         return True
+
+    async def observe_client(
+        self, keys: tuple[str, str], signals: Signals, now: float, cfg: BehaviourConfig
+    ) -> tuple[Window, Window]:
+        windows = self._windows
+        return (windows.observe(keys[0], signals, now, cfg),
+                windows.observe(keys[1], signals, now, cfg))
+
+    async def note_refusal(self, keys: tuple[str, str], crawler: str, now: float) -> None:
+        for key in keys:
+            self._windows.note_refusal(key, crawler, now)
 
     async def close(self) -> None:
         self._buckets.clear()

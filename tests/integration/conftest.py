@@ -41,6 +41,10 @@ class Upstream:
     url: str
     port: int
     seen: list[Seen] = field(default_factory=list)
+    # Gatekeeper's own fetches of /robots.txt (robots.txt compliance), kept apart so
+    # `seen` holds exactly what clients' requests made the gate forward.
+    robots_fetches: list[Seen] = field(default_factory=list)
+    robots_txt: str = "User-agent: *\nDisallow: /private/\n"
     connections: set[tuple[str, int]] = field(default_factory=set)
     # Lock-step streaming: bytes the upstream has received of the request body
     # being streamed, and bytes the test client has received of the response.
@@ -67,6 +71,10 @@ def _upstream_app(state: Upstream) -> web.Application:
         return seen
 
     async def echo(request: web.Request) -> web.Response:
+        if request.headers.get("User-Agent") == "Gatekeeper-robots-check":
+            state.robots_fetches.append(Seen(request.method, request.raw_path,
+                                             list(request.headers.items()), "", 0))
+            return web.Response(text=state.robots_txt)
         seen = await record(request)
         return web.json_response(dataclasses.asdict(seen))
 
@@ -249,7 +257,7 @@ async def start_gatekeeper(tmp_path: Path) -> AsyncIterator[StartGate]:
         )
         c = wiring.build(settings, CollectorRegistry())
         observer = CountingObserver(c.recorder)
-        service = ProxyService(gate or c.gate, observer, settings, c.upstream, c.trusted)
+        service = wiring.proxy_app(c, gate, observer)
         lst = Listeners()
         port = await lst.start(service, "127.0.0.1:0", settings)
         listeners.append(lst)

@@ -3,6 +3,7 @@ the adapter answers exactly what the core decided, and forwards only what it all
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import pytest
 import yaml
 
 from tests.integration.conftest import StartGate, Upstream
+from tests.support.dns_server import DnsTestServer
+from tests.support.vector_dns import vector_zone
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES: list[tuple[str, dict[str, Any]]] = []
@@ -19,13 +22,26 @@ for file in sorted((ROOT / "tests" / "vectors" / "decisions").glob("*.yaml")):
     CASES += [(doc["policy"], case) for case in doc["cases"]]
 
 
+@pytest.fixture(scope="module")
+def dns() -> Iterator[DnsTestServer]:
+    with DnsTestServer(vector_zone()) as server:
+        yield server
+
+
 @pytest.mark.parametrize(("policy", "case"), CASES, ids=[c["name"] for _, c in CASES])
 async def test_proxy_answers_what_the_core_decided(
-    policy: str, case: dict[str, Any], upstream: Upstream, start_gatekeeper: StartGate
+    policy: str, case: dict[str, Any], upstream: Upstream, start_gatekeeper: StartGate,
+    dns: DnsTestServer,
 ) -> None:
     text = None if policy == "default" else (ROOT / policy).read_text()
-    gk = await start_gatekeeper(upstream.url, text)
-    headers = {"User-Agent": case["ua"], **case.get("headers", {})}
+    # The test client stands for a trusted proxy that forwards the case's client
+    # address; reverse DNS goes to the vectors' zone and may take its time.
+    gk = await start_gatekeeper(
+        upstream.url, text, trusted_proxies=("127.0.0.0/8",),
+        dns_servers=(f"{dns.address[0]}:{dns.address[1]}",), rdns_budget=5.0,
+    )
+    headers = {"User-Agent": case["ua"], "X-Forwarded-For": case.get("ip", "192.0.2.10"),
+               **case.get("headers", {})}
     async with aiohttp.ClientSession(skip_auto_headers=("User-Agent",)) as s, s.request(
         case.get("method", "GET"), gk.url + case["path"], headers=headers
     ) as r:

@@ -99,7 +99,7 @@ async def test_admin_endpoints_serve_health_readiness_and_metrics(
         for m in text_string_to_metric_families(text) for s in m.samples
     }
     key = ("gatekeeper_requests_total", tuple(sorted({
-        "crawler": "GPTBot", "purpose": "ai-training", "identity": "unverified",
+        "crawler": "GPTBot", "purpose": "ai-training", "identity": "spoofed",
         "action": "block", "reason": "blocked"}.items())))
     assert samples[key] == 1.0
     # The main listener does not serve admin paths: they go to the upstream.

@@ -44,7 +44,8 @@ async def test_browser_is_forwarded_and_gptbot_blocked_without_reaching_upstream
         async with s.get(gk.url + "/article", headers={"User-Agent": GPTBOT}) as r:
             assert r.status == 403
             body = await r.json()
-            assert body == {"error": "blocked", "rule": "block-ai-training", "status": 403}
+            # GPTBot's name from loopback, outside OpenAI's published ranges: a spoofer.
+            assert body == {"error": "blocked", "rule": "block-spoofed-crawlers", "status": 403}
     assert upstream.paths() == ["/article"]
 
 
@@ -240,13 +241,16 @@ async def test_metrics_count_decisions_by_crawler_and_action(
                 await r.read()
     value = gk.components.registry.get_sample_value
     assert value("gatekeeper_requests_total", {
-        "crawler": "GPTBot", "purpose": "ai-training", "identity": "unverified",
+        "crawler": "GPTBot", "purpose": "ai-training", "identity": "spoofed",
         "action": "block", "reason": "blocked"}) == 2
+    assert value("gatekeeper_spoofed_requests_total", {"crawler": "GPTBot"}) == 2
+    assert value("gatekeeper_verifications_total",
+                 {"method": "ip-ranges", "result": "refuted"}) == 2
     assert value("gatekeeper_requests_total", {
         "crawler": "unknown", "purpose": "none", "identity": "unknown",
         "action": "allow", "reason": "allowed"}) == 1
     assert value("gatekeeper_rule_matches_total",
-                 {"rule": "block-ai-training", "action": "block"}) == 2
+                 {"rule": "block-spoofed-crawlers", "action": "block"}) == 2
 
 
 def _json(body: bytes) -> dict[str, object]:

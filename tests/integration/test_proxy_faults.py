@@ -158,7 +158,8 @@ async def test_upstream_closing_before_answering_gives_502(
         await read_head(reader, state)
 
     up = await raw_upstream(hang_up)
-    gk = await start_gatekeeper(up.url)
+    # A scripted upstream: no robots.txt fetches in its transcript.
+    gk = await start_gatekeeper(up.url, robots_compliance=False)
     async with aiohttp.ClientSession() as s:
         async with s.post(gk.url + "/a", data=b"body") as r:
             assert r.status == 502
@@ -180,7 +181,8 @@ async def test_invalid_upstream_response_gives_502(
         await writer.drain()
 
     up = await raw_upstream(garbage)
-    gk = await start_gatekeeper(up.url)
+    # A scripted upstream: no robots.txt fetches in its transcript.
+    gk = await start_gatekeeper(up.url, robots_compliance=False)
     async with aiohttp.ClientSession() as s, s.get(gk.url + "/a") as r:
         assert r.status == 502
         assert (await r.json())["error"] == "protocol"
@@ -198,7 +200,8 @@ async def test_upstream_switching_protocols_on_a_plain_request_gives_502(
         await asyncio.sleep(0.5)
 
     up = await raw_upstream(switch)
-    gk = await start_gatekeeper(up.url)
+    # A scripted upstream: no robots.txt fetches in its transcript.
+    gk = await start_gatekeeper(up.url, robots_compliance=False)
     req = b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
     response = await raw_request(gk.port, req, timeout=2)
     assert status_of(response) == 502
@@ -217,7 +220,8 @@ async def test_stale_pooled_connection_is_retried_once_for_a_get(
             await read_head(reader, state)
 
     up = await raw_upstream(keep_alive_then_hang_up)
-    gk = await start_gatekeeper(up.url)
+    # A scripted upstream: no robots.txt fetches in its transcript.
+    gk = await start_gatekeeper(up.url, robots_compliance=False)
     async with aiohttp.ClientSession() as s:
         for _ in range(2):
             async with s.get(gk.url + "/a") as r:
@@ -268,7 +272,8 @@ async def test_upstream_reset_mid_chunked_body_never_ends_cleanly(
         writer.transport.abort()
 
     up = await raw_upstream(reset)
-    gk = await start_gatekeeper(up.url)
+    # A scripted upstream: no robots.txt fetches in its transcript.
+    gk = await start_gatekeeper(up.url, robots_compliance=False)
     reader, writer = await asyncio.open_connection("127.0.0.1", gk.port)
     writer.write(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")  # keep-alive: only a cut ends it
     async with asyncio.timeout(3):

@@ -3,6 +3,7 @@ and the shipped policies. The same files drive the proxy in the integration test
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,11 @@ from gatekeeper.core.facts import RequestFacts
 from gatekeeper.gate import Gate
 from gatekeeper.policy.loader import load_default_policy, load_policy_file
 from gatekeeper.store.memory import MemoryStore
+from gatekeeper.verify.identity import IdentityVerifier
+from gatekeeper.verify.ranges import RangeRegistry
+from gatekeeper.verify.rdns import ReverseDnsVerifier
+from tests.support.dns_server import DnsTestServer
+from tests.support.vector_dns import vector_zone
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = sorted((ROOT / "tests" / "vectors" / "decisions").glob("*.yaml"))
@@ -37,12 +43,19 @@ def catalog():  # type: ignore[no-untyped-def]
     return load_catalog()
 
 
+@pytest.fixture(scope="module")
+def dns() -> Iterator[DnsTestServer]:
+    with DnsTestServer(vector_zone()) as server:
+        yield server
+
+
 @pytest.mark.parametrize(
     ("policy_name", "case"),
     [(p, c) for p, _, c in CASES],
     ids=[f"{f}:{c['name']}" for _, f, c in CASES],
 )
-async def test_decision_vector(policy_name: str, case: dict[str, Any], catalog) -> None:  # type: ignore[no-untyped-def]
+async def test_decision_vector(policy_name: str, case: dict[str, Any], catalog,  # type: ignore[no-untyped-def]
+                               dns: DnsTestServer) -> None:
     if policy_name == "default":
         policy = load_default_policy(catalog)
     else:
@@ -53,7 +66,14 @@ async def test_decision_vector(policy_name: str, case: dict[str, Any], catalog) 
         case.get("method", "GET"), case.get("host", "example.com"), case["path"], "",
         CIMultiDictProxy(headers), case.get("ip", "192.0.2.10"), 1_000_000.0,
     )
-    outcome = await Gate(catalog, lambda: policy, MemoryStore()).decide(facts)
+    # The packaged range snapshots, and reverse DNS answered by the vectors' zone.
+    rdns = ReverseDnsVerifier([dns.address])
+    identity = IdentityVerifier(catalog, RangeRegistry.load, rdns=rdns, rdns_budget=None)
+    try:
+        outcome = await Gate(catalog, lambda: policy, MemoryStore(),
+                             identity=identity).decide(facts)
+    finally:
+        await rdns.close()
     cls, decision = outcome.classification, outcome.decision
     got = {
         "kind": cls.kind.value,

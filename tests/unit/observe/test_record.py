@@ -32,7 +32,8 @@ DRY = Decision("block", "no-training", Reason.DRY_RUN, forward=True, would_statu
 # Every field the documentation promises on a request line, in order.
 REQUEST_FIELDS = [
     "time", "level", "event", "client_ip", "method", "host", "path", "has_query", "status",
-    "bytes", "user_agent", "crawler", "purpose", "identity", "rule", "action", "reason",
+    "bytes", "user_agent", "crawler", "purpose", "identity", "verified_by", "identity_detail",
+    "rule", "action", "reason",
     "dry_run", "duration_ms", "upstream_ms", "upstream_error",
 ]
 
