@@ -37,6 +37,7 @@ from prometheus_client import (
 )
 
 from gatekeeper import __version__
+from gatekeeper.core.behaviour import Reason as BehaviourReason
 from gatekeeper.core.catalog import Kind, Purpose
 from gatekeeper.core.decision import Reason
 from gatekeeper.core.facts import Identity
@@ -83,6 +84,7 @@ CHECK_BUCKETS: Final = (0.00001, 0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 SIGNATURE_FAILURES: Final = tuple(f.value for f in SigFailure)
 RECLASSIFIED_BY: Final = ("web-bot-auth", "behaviour")
 RANGE_UPDATE_RESULTS: Final = ("updated", "unchanged", "failed")
+BEHAVIOUR_REASONS: Final = tuple(r.value for r in BehaviourReason)
 _REASON_CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
@@ -236,6 +238,17 @@ class Metrics:
             "gatekeeper_crawler_ranges_prefixes", "Prefixes loaded from each range list.",
             ["list"], registry=registry,
         )
+        self.robots_violations = Counter(
+            "gatekeeper_robots_violations_total",
+            "Requests from catalog crawlers for paths the origin's robots.txt disallows "
+            "for them, whatever the policy then did, by crawler.", ["crawler"],
+            registry=registry,
+        )
+        self.undeclared = Counter(
+            "gatekeeper_undeclared_bot_reasons_total",
+            "Reasons present when a client claiming no crawler was scored an undeclared "
+            "bot, one count per reason.", ["reason"], registry=registry,
+        )
         self.range_updates = Counter(
             "gatekeeper_crawler_ranges_updates_total",
             "Range-list refresh attempts, by list and result.", ["list", "result"],
@@ -356,6 +369,13 @@ class Metrics:
         failure = verification.signature_failure
         if failure is not None:
             self._sig_failures.get(failure, self._sig_failures[SigFailure.MALFORMED]).inc()
+
+    def robots_violation(self, crawler: str) -> None:
+        self.robots_violations.labels(self.crawler_label(crawler)).inc()
+
+    def undeclared_bot(self, reasons: Iterable[str]) -> None:
+        for reason in reasons:
+            self.undeclared.labels(_closed(reason, BEHAVIOUR_REASONS)).inc()
 
     def reclassified(self, by: str, crawler: str) -> None:
         self.reclassifications.labels(_closed(by, RECLASSIFIED_BY),

@@ -111,8 +111,14 @@ class Recorder:
         if verification is not None:
             claimed = outcome.claimed.name if outcome.claimed is not None else cls.name
             m.identity_checked(verification, claimed)
-            if outcome.claimed is not None:
+            if outcome.claimed is not None and verification.signed_as is not None:
                 m.reclassified("web-bot-auth", cls.name)
+        score = outcome.behaviour
+        if score is not None and score.undeclared:
+            m.reclassified("behaviour", cls.name)
+            m.undeclared_bot(score.reasons)
+        if outcome.robots_violation:
+            m.robots_violation(cls.name)
         if outcome.store_fallback:
             self.store_fallback()
         if self._requests.enabled:
@@ -173,6 +179,22 @@ class Recorder:
             self._fallback_warned_at = now
 
 
+def _robots(outcome: Outcome) -> dict[str, str] | None:
+    """The robots.txt rule a catalog crawler broke; None when it broke none."""
+    verdict = outcome.robots
+    if verdict is None or not outcome.robots_violation:
+        return None
+    return {"rule": verdict.rule, "group": verdict.group}
+
+
+def _behaviour(outcome: Outcome) -> dict[str, Any] | None:
+    """Why a client was scored an undeclared bot; None when it was not."""
+    score = outcome.behaviour
+    if score is None or not score.undeclared:
+        return None
+    return {"score": score.value, "reasons": list(score.reasons), "scope": score.scope}
+
+
 def _request_fields(obs: Observation) -> dict[str, Any]:
     facts = obs.facts
     outcome = obs.outcome
@@ -196,6 +218,8 @@ def _request_fields(obs: Observation) -> dict[str, Any]:
         "identity": outcome.identity,
         "verified_by": verification.method or None if verification else None,
         "identity_detail": verification.detail if verification else None,
+        "robots": _robots(outcome),
+        "behaviour": _behaviour(outcome),
         "rule": decision.rule,
         "action": decision.action,
         "reason": decision.reason,

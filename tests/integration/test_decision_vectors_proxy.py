@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CASES: list[tuple[str, dict[str, Any]]] = []
 for file in sorted((ROOT / "tests" / "vectors" / "decisions").glob("*.yaml")):
     doc = yaml.safe_load(file.read_text())
-    CASES += [(doc["policy"], case) for case in doc["cases"]]
+    CASES += [(doc["policy"], {"robots_txt": doc.get("robots_txt"), **case})
+              for case in doc["cases"]]
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,8 @@ async def test_proxy_answers_what_the_core_decided(
     dns: DnsTestServer,
 ) -> None:
     text = None if policy == "default" else (ROOT / policy).read_text()
+    if case["robots_txt"]:
+        upstream.robots_txt = case["robots_txt"]
     # The test client stands for a trusted proxy that forwards the case's client
     # address; reverse DNS goes to the vectors' zone and may take its time.
     gk = await start_gatekeeper(

@@ -33,7 +33,7 @@ DRY = Decision("block", "no-training", Reason.DRY_RUN, forward=True, would_statu
 REQUEST_FIELDS = [
     "time", "level", "event", "client_ip", "method", "host", "path", "has_query", "status",
     "bytes", "user_agent", "crawler", "purpose", "identity", "verified_by", "identity_detail",
-    "rule", "action", "reason",
+    "robots", "behaviour", "rule", "action", "reason",
     "dry_run", "duration_ms", "upstream_ms", "upstream_error",
 ]
 
