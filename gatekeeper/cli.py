@@ -1,4 +1,4 @@
-"""Command line: `gatekeeper run | check | explain | schema | --version`.
+"""Command line: `gatekeeper run | check | explain | crawlers | schema | --version`.
 
 Parses arguments, resolves settings and hands over to `wiring`; no policy
 logic lives here.
@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from multidict import CIMultiDict
 
@@ -56,7 +57,19 @@ def _parser() -> argparse.ArgumentParser:
         "--header", action="append", default=[], metavar="NAME:VALUE", help="repeatable"
     )
     ex.add_argument("--policy", help="policy YAML file (default: the embedded default policy)")
+    ex.add_argument("--robots-txt", metavar="FILE",
+                    help="the origin's robots.txt, to check compliance (default: none known)")
+    ex.add_argument("--config", help="settings YAML file (range lists, DNS servers)")
     ex.add_argument("--json", action="store_true", help="machine-readable output")
+
+    crawlers = sub.add_parser("crawlers", help="the crawler operators' published IP ranges")
+    csub = crawlers.add_subparsers(dest="crawlers_command", required=True, metavar="ACTION")
+    update = csub.add_parser("update", help="fetch fresh copies of the range lists")
+    update.add_argument("--only", action="append", default=None, metavar="LIST",
+                        help="one list id (repeatable; default: all)")
+    update.add_argument("--config", help="settings YAML file")
+    listing = csub.add_parser("list", help="show each range list, where it came from, its age")
+    listing.add_argument("--config", help="settings YAML file")
 
     sub.add_parser("schema", help="print the policy JSON Schema")
     return p
@@ -71,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args.files)
         if args.command == "explain":
             return _explain(args)
+        if args.command == "crawlers":
+            return _crawlers(args)
         return _schema()
     except GatekeeperError as exc:
         print(f"gatekeeper: error: {exc}", file=sys.stderr)
@@ -132,15 +147,65 @@ def _explain(args: argparse.Namespace) -> int:
     if args.ua:
         headers["User-Agent"] = args.ua
     headers.setdefault("Host", args.host)
+    robots_txt = None
+    if args.robots_txt:
+        try:
+            with open(args.robots_txt, "rb") as f:
+                robots_txt = f.read()
+        except OSError as exc:
+            raise GatekeeperError(f"{args.robots_txt}: cannot read: {exc.strerror}") from None
+    settings = resolve(args.config, {"policy": args.policy})
     report = asyncio.run(
         explain.explain(
             method=args.method.upper(),
             target=args.path,
             headers=headers,
             client_ip=args.ip,
-            policy_file=args.policy,
+            settings=settings,
+            robots_txt=robots_txt,
             now=time.time(),
         )
     )
     print(json.dumps(report, indent=2) if args.json else explain.render_text(report))
     return 0
+
+
+def _crawlers(args: argparse.Namespace) -> int:
+    from gatekeeper.verify.ranges import RangeRegistry
+
+    settings = resolve(args.config, {})
+    sources, cache = settings.ranges_sources_path(), settings.ranges_cache_path()
+    if args.crawlers_command == "update":
+        return asyncio.run(_update_ranges(sources, cache, args.only))
+    registry = RangeRegistry.load(sources, cache)
+    now = time.time()
+    print(f"{'list':40} {'from':8} {'prefixes':>8}  age")
+    for source_id in registry.sources():
+        state = registry.info(source_id)
+        stamp = state.fetched_at or state.updated_at
+        age = "-" if stamp is None else _age(now - stamp)
+        print(f"{source_id:40} {state.origin:8} {state.prefixes:>8}  {age}")
+    print(f"cache: {cache}")
+    return 0
+
+
+async def _update_ranges(sources: Path | None, cache: Path, only: list[str] | None) -> int:
+    from gatekeeper.verify.range_update import update_lists
+    from gatekeeper.verify.ranges import load_sources
+    from gatekeeper.wiring import verification_session
+
+    async with verification_session() as session:
+        results = await update_lists(load_sources(sources), cache, session, only=only)
+    for r in results:
+        detail = f"{r.prefixes} prefixes" if r.status != "failed" else f"kept last good: {r.error}"
+        print(f"{r.source_id}: {r.status} ({detail})")
+    print(f"cache: {cache}")
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def _age(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 86400 * 2:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"

@@ -1,7 +1,10 @@
 """`gatekeeper explain`: the decision for one request described on the command line.
 
-It runs the same pieces as the proxy (target canonicalisation, catalog, the
-policy evaluation through `Gate`), so what it prints is what the proxy does.
+It runs the same pieces as the proxy (target canonicalisation, catalog, identity
+verification against the range lists and reverse DNS, robots.txt compliance when a
+robots.txt is given, the policy evaluation through `Gate`), so what it prints is
+what the proxy does. Behaviour is the one thing it cannot show: a score needs the
+client's recent requests, and explain sees one.
 """
 
 from __future__ import annotations
@@ -12,9 +15,27 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gatekeeper.core.facts import RequestFacts
 from gatekeeper.core.model import RateLimit
+from gatekeeper.core.robots import RobotsRules
 from gatekeeper.edge.target import BadRequest, canonicalize, check_host
-from gatekeeper.gate import Gate
+from gatekeeper.gate import Gate, Outcome
+from gatekeeper.settings import Settings
 from gatekeeper.store.memory import MemoryStore
+
+
+class StaticRobots:
+    """A robots.txt known in advance, the same for every host (a `RobotsSource`)."""
+
+    def __init__(self, body: bytes) -> None:
+        self._rules = RobotsRules.parse(body)
+
+    async def rules(self, host: str) -> RobotsRules:
+        return self._rules
+
+    def peek(self, host: str) -> RobotsRules | None:
+        return self._rules
+
+    def refresh_soon(self, host: str) -> None:
+        """Nothing to refresh."""
 
 
 async def explain(
@@ -23,14 +44,15 @@ async def explain(
     target: str,
     headers: CIMultiDict[str],
     client_ip: str,
-    policy_file: str | None,
+    settings: Settings,
     now: float,
+    robots_txt: bytes | None = None,
 ) -> dict[str, Any]:
     from gatekeeper.catalog_loader import load_catalog
-    from gatekeeper.wiring import load_policy
+    from gatekeeper.wiring import build_identity, load_policy
 
-    catalog = load_catalog()
-    policy = load_policy(policy_file, catalog)
+    catalog = load_catalog(settings.catalog or None)
+    policy = load_policy(settings.policy or None, catalog)
     report: dict[str, Any] = {"policy": policy.source, "mode": policy.mode.value}
     try:
         canonical = canonicalize(method, target)
@@ -42,9 +64,16 @@ async def explain(
     facts = RequestFacts(
         method=method, host=host, path=canonical.path, query=canonical.query,
         headers=CIMultiDictProxy(headers), client_ip=client_ip, now=now,
+        raw_path=target.partition("?")[0],
     )
-    gate = Gate(catalog, lambda: policy, MemoryStore())
-    outcome = await gate.decide(facts)
+    store = MemoryStore()
+    identity = build_identity(settings, catalog, store, wait_for_dns=True)
+    robots = StaticRobots(robots_txt) if robots_txt is not None else None
+    gate = Gate(catalog, lambda: policy, store, identity=identity.verifier, robots=robots)
+    try:
+        outcome = await gate.decide(facts)
+    finally:
+        await identity.close()
     cls, decision = outcome.classification, outcome.decision
     selected = outcome.selected
     if selected is None:  # the gate always records what it selected
@@ -61,14 +90,8 @@ async def explain(
         "purpose": cls.purpose.value if cls.purpose else None,
         "robots_token": crawler.robots_token if crawler else None,
     }
-    report["identity"] = {
-        "state": outcome.identity.value,
-        "how": (
-            "no crawler claimed in the user agent"
-            if crawler is None
-            else "claimed by the user agent; no verification data is configured for it yet"
-        ),
-    }
+    report["identity"] = _identity(outcome)
+    report["robots"] = _robots(outcome, robots_txt is not None)
     rule = selected.rule
     report["rule"] = {
         "name": selected.name,
@@ -94,6 +117,30 @@ async def explain(
     return report
 
 
+def _identity(outcome: Outcome) -> dict[str, Any]:
+    v = outcome.verification
+    report: dict[str, Any] = {
+        "state": outcome.identity.value,
+        "how": v.detail if v is not None else "the user agent claims no crawler",
+        "verified_by": (v.method or None) if v is not None else None,
+        "checks": [{"method": c.method, "result": c.result} for c in v.checks] if v else [],
+    }
+    if v is not None and v.signature_failure:
+        report["signature_failure"] = v.signature_failure
+    if outcome.claimed is not None:
+        report["user_agent_claimed"] = outcome.claimed.name
+    return report
+
+
+def _robots(outcome: Outcome, given: bool) -> dict[str, Any]:
+    verdict = outcome.robots
+    if verdict is None:
+        why = "no robots.txt given (--robots-txt FILE)" if not given else "not checked"
+        return {"checked": False, "note": why}
+    return {"checked": True, "allowed": verdict.allowed, "rule": verdict.rule or None,
+            "group": verdict.group or None, "violation": outcome.robots_violation}
+
+
 def render_text(report: dict[str, Any]) -> str:
     lines = [f"policy:         {report['policy']} (mode {report['mode']})"]
     req = report["request"]
@@ -117,6 +164,13 @@ def render_text(report: dict[str, Any]) -> str:
         lines.append(f"classification: {c['kind']}")
     ident = report["identity"]
     lines.append(f"identity:       {ident['state']} ({ident['how']})")
+    if ident.get("user_agent_claimed"):
+        lines.append(f"                (the user agent alone says {ident['user_agent_claimed']})")
+    robots = report["robots"]
+    if robots["checked"]:
+        said = "allows" if robots["allowed"] else "disallows"
+        rule = f" ({robots['rule']}, group {robots['group']})" if robots["rule"] else ""
+        lines.append(f"robots.txt:     {said} this path{rule}")
     rule = report["rule"]
     where = f" at {rule['source']}" if rule["source"] else ""
     lines.append(f"rule:           {rule['name']}{where} -> {rule['action']}")

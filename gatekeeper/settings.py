@@ -46,6 +46,7 @@ class Settings:
     log_format: LogFormat = "json"
     log_level: str = "info"
     # Identity (docs/identity.md)
+    ranges_sources: str = ""  # empty: the packaged ip-ranges/sources.json
     ranges_cache_dir: str = ""  # empty: $XDG_CACHE_HOME/gatekeeper/ip-ranges (or ~/.cache/...)
     ranges_refresh_interval: float = 21600.0  # seconds between range-list refreshes; 0 disables
     dns_servers: tuple[str, ...] = ()  # HOST:PORT resolvers for reverse DNS; empty: the system's
@@ -86,6 +87,10 @@ class Settings:
                      "ranges_refresh_interval", "robots_ttl"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name}: must not be negative")
+
+    def ranges_sources_path(self) -> Path | None:
+        """The range-list sources file; None for the packaged one."""
+        return Path(self.ranges_sources) if self.ranges_sources else None
 
     def ranges_cache_path(self) -> Path:
         """Where fetched range lists are kept (`gatekeeper crawlers update` writes here)."""

@@ -79,21 +79,25 @@ class Identity:
         await self.keys.close()
 
 
-def build_identity(settings: Settings, catalog: Catalog, store: MemoryStore) -> Identity:
+def build_identity(settings: Settings, catalog: Catalog, store: MemoryStore, *,
+                   wait_for_dns: bool = False) -> Identity:
     """Published ranges (snapshot, or the fresher cached copy), reverse DNS and Web
-    Bot Auth, wired to `settings`. Nothing here does I/O until a request needs it."""
-    ranges = Ranges(RangeRegistry.load(None, settings.ranges_cache_path()))
+    Bot Auth, wired to `settings`. Nothing here does I/O until a request needs it.
+    `wait_for_dns` lets a lookup run to its timeout instead of `rdns_budget`
+    (`explain` answers one request and has no next one to hand the answer to)."""
+    ranges = Ranges(RangeRegistry.load(settings.ranges_sources_path(),
+                                       settings.ranges_cache_path()))
     nameservers = [split_hostport(s, "dns_servers") for s in settings.dns_servers] or None
     rdns = ReverseDnsVerifier(nameservers, timeout=settings.dns_timeout)
-    keys = KeyDirectory(_verification_session, max_skew=settings.signature_max_skew)
+    keys = KeyDirectory(verification_session, max_skew=settings.signature_max_skew)
     signatures = WebBotAuthVerifier(keys, store, max_skew=settings.signature_max_skew,
                                     max_age=settings.signature_max_age)
     verifier = IdentityVerifier(catalog, ranges.get, rdns=rdns, signatures=signatures,
-                                rdns_budget=settings.rdns_budget)
+                                rdns_budget=None if wait_for_dns else settings.rdns_budget)
     return Identity(verifier, ranges, rdns, keys)
 
 
-def _verification_session() -> aiohttp.ClientSession:
+def verification_session() -> aiohttp.ClientSession:
     # Separate from the upstream pool: these go to the crawler operators' sites.
     return aiohttp.ClientSession(trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
 
@@ -230,8 +234,9 @@ def range_refresher(c: Components) -> RangeRefresher | None:
         c.identity.ranges.current = registry
         c.recorder.ranges_refreshed(registry, results)
 
-    return RangeRefresher(None, c.settings.ranges_cache_path(), interval,
-                          _verification_session, reloaded)
+    return RangeRefresher(c.settings.ranges_sources_path(), c.settings.ranges_cache_path(),
+                          interval,
+                          verification_session, reloaded)
 
 
 def run(settings: Settings) -> int:

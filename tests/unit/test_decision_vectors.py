@@ -14,7 +14,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gatekeeper.catalog_loader import load_catalog
 from gatekeeper.core.behaviour import BehaviourConfig
 from gatekeeper.core.facts import RequestFacts
-from gatekeeper.core.robots import RobotsRules
+from gatekeeper.explain import StaticRobots
 from gatekeeper.gate import Gate
 from gatekeeper.policy.loader import load_default_policy, load_policy_file
 from gatekeeper.store.memory import MemoryStore
@@ -37,20 +37,6 @@ def load_cases() -> list[tuple[str, str, dict[str, Any]]]:
     return cases
 
 
-class FixedRobots:
-    """The origin's robots.txt, already fetched: the same for every host."""
-
-    def __init__(self, text: str) -> None:
-        self._rules = RobotsRules.parse(text.encode())
-
-    async def rules(self, host: str) -> RobotsRules:
-        return self._rules
-
-    def peek(self, host: str) -> RobotsRules | None:
-        return self._rules
-
-    def refresh_soon(self, host: str) -> None:
-        pass
 
 
 CASES = load_cases()
@@ -88,7 +74,7 @@ async def test_decision_vector(policy_name: str, case: dict[str, Any], catalog, 
     rdns = ReverseDnsVerifier([dns.address])
     identity = IdentityVerifier(catalog, RangeRegistry.load, rdns=rdns, rdns_budget=None)
     try:
-        robots = FixedRobots(case["robots_txt"]) if case["robots_txt"] else None
+        robots = StaticRobots(case["robots_txt"].encode()) if case["robots_txt"] else None
         outcome = await Gate(catalog, lambda: policy, MemoryStore(), identity=identity,
                              robots=robots, behaviour=BehaviourConfig()).decide(facts)
     finally:
