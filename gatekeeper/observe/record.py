@@ -152,11 +152,9 @@ class Recorder:
 
     def ranges_refreshed(self, registry: RangeRegistry, results: Sequence[UpdateResult]) -> None:
         """A background range-list refresh finished; `registry` now serves."""
+        # Failures are logged by the refresher itself (range_list_update_failed).
         for result in results:
             self.metrics.range_update(result)
-            if result.status == "failed":
-                self._log.warning("ranges_update_failed", list=result.source_id,
-                                  error=result.error, kept="last good copy")
         self.metrics.ranges_loaded(registry)
         updated = [r.source_id for r in results if r.status == "updated"]
         if updated:
