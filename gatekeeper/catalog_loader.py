@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gatekeeper.core.catalog import Catalog, Crawler, Purpose, normalize
+from gatekeeper.core.httpsig import JwkError, key_from_jwk
 from gatekeeper.errors import CatalogError
 
 PACKAGED_CATALOG = "gatekeeper/data/catalog.json"
@@ -24,7 +25,8 @@ CATALOG_VERSION = 1
 _REQUIRED = ("name", "operator", "purpose", "ua_tokens", "robots_token")
 # "source" and "note" document where an entry came from and why it is classified
 # as it is; the classifier does not read them.
-_OPTIONAL = ("url", "ip_ranges", "rdns_domains", "signature_agents", "source", "note")
+_OPTIONAL = ("url", "ip_ranges", "rdns_domains", "signature_agents", "signature_keys", "source",
+             "note")
 _FIELDS = frozenset(_REQUIRED + _OPTIONAL)
 # Shorter literals are ordinary words or version fragments; three letters plus
 # "/" ("yak/") is the floor, and such tokens carry the "/" to stay specific.
@@ -139,6 +141,7 @@ class _EntryChecker:
         ip_ranges = self.string_list("ip_ranges")
         rdns_domains = self.domains()
         signature_agents = self.origins()
+        signature_keys = self.pinned_keys(signature_agents)
         for field in ("source", "note"):
             if field in entry and not isinstance(entry[field], str):
                 self.error(field, "expected a string")
@@ -146,7 +149,7 @@ class _EntryChecker:
             return None
         if purpose is None or ua_tokens is None or ip_ranges is None:
             return None
-        if rdns_domains is None or signature_agents is None:
+        if rdns_domains is None or signature_agents is None or signature_keys is None:
             return None
         return Crawler(
             name=name,
@@ -158,6 +161,7 @@ class _EntryChecker:
             ip_ranges=ip_ranges,
             rdns_domains=rdns_domains,
             signature_agents=signature_agents,
+            signature_keys=signature_keys,
         )
 
     def label_text(self, field: str) -> str | None:
@@ -238,6 +242,25 @@ class _EntryChecker:
                            "such as 'https://chatgpt.com'")
                 return None
         return values
+
+    def pinned_keys(self, agents: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        """Ed25519 JWKs pinned for the entry's signature agents, as their "x" values."""
+        value = self.entry.get("signature_keys", [])
+        if not isinstance(value, list):
+            self.error("signature_keys", "expected a list of Ed25519 JWKs")
+            return None
+        if value and not agents:
+            self.error("signature_keys", "pinned keys need signature_agents to sign for")
+            return None
+        out: list[str] = []
+        for i, jwk in enumerate(value):
+            try:
+                key_from_jwk(jwk if isinstance(jwk, dict) else {})
+            except JwkError as exc:
+                self.error(f"signature_keys[{i}]", f"not a usable Ed25519 JWK: {exc}")
+                return None
+            out.append(str(jwk["x"]))
+        return tuple(out)
 
     def string_list(self, field: str) -> tuple[str, ...] | None:
         value = self.entry.get(field, [])

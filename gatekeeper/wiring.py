@@ -89,12 +89,23 @@ def build_identity(settings: Settings, catalog: Catalog, store: MemoryStore, *,
                                        settings.ranges_cache_path()))
     nameservers = [split_hostport(s, "dns_servers") for s in settings.dns_servers] or None
     rdns = ReverseDnsVerifier(nameservers, timeout=settings.dns_timeout)
-    keys = KeyDirectory(verification_session, max_skew=settings.signature_max_skew)
+    keys = KeyDirectory(verification_session, pinned=pinned_keys(catalog),
+                        max_skew=settings.signature_max_skew)
     signatures = WebBotAuthVerifier(keys, store, max_skew=settings.signature_max_skew,
                                     max_age=settings.signature_max_age)
     verifier = IdentityVerifier(catalog, ranges.get, rdns=rdns, signatures=signatures,
                                 rdns_budget=None if wait_for_dns else settings.rdns_budget)
     return Identity(verifier, ranges, rdns, keys)
+
+
+def pinned_keys(catalog: Catalog) -> dict[str, list[dict[str, str]]]:
+    """The catalog's pinned Web Bot Auth keys, per signing origin."""
+    pinned: dict[str, list[dict[str, str]]] = {}
+    for crawler in catalog:
+        for origin in crawler.signature_agents:
+            for x in crawler.signature_keys:
+                pinned.setdefault(origin, []).append({"kty": "OKP", "crv": "Ed25519", "x": x})
+    return pinned
 
 
 def verification_session() -> aiohttp.ClientSession:

@@ -87,6 +87,9 @@ class Crawler:
     ip_ranges: tuple[str, ...] = ()
     rdns_domains: tuple[str, ...] = ()
     signature_agents: tuple[str, ...] = ()
+    # Ed25519 public keys (the JWK "x", base64url) pinned for its signature agents:
+    # they verify signatures even when the agent's key directory cannot be fetched.
+    signature_keys: tuple[str, ...] = ()
 
     @property
     def verification(self) -> tuple[str, ...]:

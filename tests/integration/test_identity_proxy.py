@@ -9,12 +9,14 @@ import json
 import ssl
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 import trustme
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gatekeeper.catalog_loader import parse_catalog
 from gatekeeper.core.catalog import Catalog
@@ -184,3 +186,26 @@ async def test_a_browser_from_another_address_is_not_affected(
     assert value("gatekeeper_requests_total", {
         "crawler": "unknown", "purpose": "none", "identity": "unknown",
         "action": "allow", "reason": "allowed"}) == 1
+
+
+async def test_pinned_key_in_a_catalog_file_verifies_without_its_directory(
+    upstream: Upstream, start_gatekeeper: StartGate, tmp_path: Path
+) -> None:
+    # The agent's directory is on a closed port: only the pinned key can verify.
+    closed = "https://127.0.0.1:9"
+    x = base64.urlsafe_b64encode(
+        SIGNER.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).rstrip(b"=").decode()
+    entry = {"name": "TestAgent", "operator": "Agent Example", "purpose": "ai-agent",
+             "ua_tokens": ["testagent/"], "robots_token": "TestAgent",
+             "signature_agents": [closed],
+             "signature_keys": [{"kty": "OKP", "crv": "Ed25519", "x": x}]}
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps({"version": 1, "crawlers": [entry]}))
+    gk = await start_gatekeeper(upstream.url, POLICY, catalog=str(catalog))
+    signed = sign(f"127.0.0.1:{gk.port}", "/a", closed, "cGlubmVk")
+    async with aiohttp.ClientSession() as s:
+        async with s.get(gk.url + "/a", headers={"User-Agent": AGENT_UA, **signed}) as r:
+            assert r.status == 200
+        async with s.get(gk.url + "/a", headers={"User-Agent": AGENT_UA}) as r:
+            assert r.status == 403
+    assert upstream.paths() == ["/a"]

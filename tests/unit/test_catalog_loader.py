@@ -193,6 +193,15 @@ def test_optional_fields(tmp_path: Path) -> None:
     assert crawler.verification == ("web-bot-auth", "ip-ranges", "reverse-dns")
 
 
+def test_pinned_signature_keys_are_kept_as_their_public_value() -> None:
+    x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"  # RFC 8037's Ed25519 example key
+    text = document(entry(signature_agents=["https://chatgpt.com"],
+                          signature_keys=[{"kty": "OKP", "crv": "Ed25519", "x": x}]))
+    crawler = parse_catalog(text).get("GPTBot")
+    assert crawler is not None
+    assert crawler.signature_keys == (x,)
+
+
 def test_an_unreadable_path_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match=r"missing\.json: cannot read the crawler catalog"):
         load_catalog(tmp_path / "missing.json")
@@ -230,6 +239,11 @@ def test_an_unreadable_path_is_an_error(tmp_path: Path) -> None:
         (document(entry(rdns_domains=["Google.com"])), r"rdns_domains\[0\]"),
         (document(entry(signature_agents=["http://x.com"])), r"signature_agents\[0\]: "),
         (document(entry(signature_agents=["https://x.com/p"])), r"signature_agents\[0\]: "),
+        (document(entry(signature_keys=[{"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}])),
+         "signature_keys: pinned keys need signature_agents"),
+        (document(entry(signature_agents=["https://x.com"],
+                        signature_keys=[{"kty": "RSA", "n": "x", "e": "AQAB"}])),
+         r"signature_keys\[0\]: not a usable Ed25519 JWK"),
         (document(entry(note=["x"])), "note: expected a string"),
         (document(entry(), entry(ua_tokens=["other"])), r"x\.json: crawler 'GPTBot' is listed"),
         (document(entry(), entry(name="B", ua_tokens=["gptbot"])),
