@@ -183,7 +183,7 @@ def admin_app(c: Components) -> web.Application:
     async def ready() -> dict[str, bool]:
         return {"policy_loaded": c.holder.current is not None, "upstream_reachable": await probe()}
 
-    return build_admin_app(c.registry, ready)
+    return build_admin_app(c.registry, ready, c.recorder.metrics.flush)
 
 
 def _discard(_: object) -> None:

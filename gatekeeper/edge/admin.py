@@ -24,10 +24,17 @@ Readiness = Callable[[], Awaitable[ReadyResult]]
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
-def build_admin_app(registry: CollectorRegistry, ready: Readiness) -> web.Application:
-    """The admin application: metrics from `registry`, readiness from `ready`."""
+def build_admin_app(
+    registry: CollectorRegistry, ready: Readiness, flush: Callable[[], None] | None = None,
+) -> web.Application:
+    """The admin application: metrics from `registry`, readiness from `ready`.
+
+    `flush` runs on the event loop before each scrape renders: it moves the request
+    counts kept in plain numbers on the hot path into the registry."""
 
     async def metrics(request: web.Request) -> web.Response:
+        if flush is not None:
+            flush()
         # Rendering a few thousand samples takes milliseconds; in a thread the event
         # loop keeps serving proxied requests meanwhile (prometheus_client's values
         # are locked, so reading them from another thread is safe).

@@ -11,18 +11,25 @@ Prometheus for as long as it exists:
   vocabularies listed below, `other` when something outside them shows up;
 - bad-request `reason`: short snake_case codes from the edge, capped as well.
 
-The request path is hot: `.labels()` validates and locks on every call, so the
-children a request needs are looked up once per distinct label tuple and cached
-(`request_series`). Multiprocess mode, when it comes, changes only this module:
-every metric is a plain Counter, Gauge or Histogram built here.
+The request path is hot: `.labels()` validates and locks on every call, and every
+`inc()` or `observe()` takes a lock and several Python calls. So the per-request
+series are looked up once per distinct label tuple and cached (`request_series`),
+and a request only adds to plain integers in its `RequestSeries`; `flush()` moves
+those into the prometheus_client children. The registry flushes before every
+collection made on the event loop's thread (a test's `get_sample_value`), and the
+admin endpoint flushes on that thread before rendering in a worker thread, so a
+scrape always sees every finished request. Multiprocess mode, when it comes,
+changes only this module: every metric is a plain Counter, Gauge or Histogram
+built here.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
 from prometheus_client import (
@@ -88,15 +95,85 @@ BEHAVIOUR_REASONS: Final = tuple(r.value for r in BehaviourReason)
 _REASON_CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
-@dataclass(slots=True)
-class RequestSeries:
-    """The metric children one kind of request updates, resolved once."""
+class _PendingHistogram:
+    """Observations of one histogram child, counted per bucket until flushed.
 
-    requests: Counter
-    rule: Counter
-    duration: Histogram
-    response_bytes: Counter
-    rate_limited: Counter | None  # set only for rate-limited requests
+    prometheus_client keeps a child's buckets as separate (non-cumulative) values
+    plus a sum, and exposes only `observe(one value)`; adding a flushed batch goes
+    through those attributes. tests/unit/observe/test_metrics.py checks that a
+    flush exports exactly what observing each value would have."""
+
+    __slots__ = ("bounds", "child", "counts", "total")
+
+    def __init__(self, child: Histogram) -> None:
+        self.child = child
+        self.bounds: tuple[float, ...] = tuple(child._upper_bounds)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def flush(self) -> None:
+        child = self.child
+        counts = self.counts
+        for i, n in enumerate(counts):
+            if n:
+                child._buckets[i].inc(n)
+                counts[i] = 0
+        child._sum.inc(self.total)
+        self.total = 0.0
+
+
+class RequestSeries:
+    """What one kind of request adds to the metrics, in plain numbers until `flush`."""
+
+    __slots__ = ("_bytes", "_children", "_duration", "_limited", "_requests", "dirty")
+
+    def __init__(self, requests: Counter, rule: Counter, duration: Histogram,
+                 response_bytes: Counter, rate_limited: Counter | None) -> None:
+        self._children = (requests, rule, response_bytes, rate_limited)
+        self._duration = _PendingHistogram(duration)
+        self._requests = 0
+        self._bytes = 0
+        self._limited = rate_limited is not None
+        self.dirty = False
+
+    def record(self, duration: float, sent: int) -> None:
+        """One request: counted, its duration observed, its body bytes added."""
+        self._requests += 1
+        self._bytes += sent
+        self._duration.observe(duration)
+
+    def flush(self) -> None:
+        n = self._requests
+        if not n:
+            return
+        requests, rule, response_bytes, rate_limited = self._children
+        requests.inc(n)
+        rule.inc(n)
+        if self._bytes:
+            response_bytes.inc(self._bytes)
+        if rate_limited is not None:
+            rate_limited.inc(n)
+        self._duration.flush()
+        self._requests = 0
+        self._bytes = 0
+
+
+class _FlushFirst:
+    """A collector that returns no metrics: collecting it flushes the pending
+    request counts, on the thread that owns them only (see the module docstring)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._thread = threading.get_ident()
+
+    def collect(self) -> Iterator[object]:
+        if threading.get_ident() == self._thread:
+            self._metrics.flush()
+        return iter(())
 
 
 class Metrics:
@@ -130,6 +207,10 @@ class Metrics:
         self._rule_pairs: set[tuple[str, str]] = set()
         self._bad_reasons: dict[str, Counter] = {}
         self._series: dict[tuple[object, ...], RequestSeries] = {}
+        self._dirty: list[RequestSeries] = []
+        self._status_counts = [0] * (len(STATUS_CLASSES) + 1)
+        # Registered before every metric, so a collection flushes before it reads them.
+        registry.register(_FlushFirst(self))  # type: ignore[arg-type]
         self._build(registry)
         if process_metrics:
             _add_process_collectors(registry)
@@ -261,8 +342,8 @@ class Metrics:
         self.build_info.labels(__version__).set(1)
         for action in ACTIONS:
             self.request_duration.labels(action)
-        self._status = [self.responses.labels(code) for code in STATUS_CLASSES]
-        self._status_other = self.responses.labels(OTHER)
+        self._status = [self.responses.labels(code) for code in (*STATUS_CLASSES, OTHER)]
+        self._upstream_pending = _PendingHistogram(self.upstream_duration)
         self._upstream_errors = {k: self.upstream_errors.labels(k) for k in UPSTREAM_ERROR_KINDS}
         self._upstream_error_other = self.upstream_errors.labels(OTHER)
         self._reloads = {r: self.policy_reloads.labels(r) for r in RELOAD_RESULTS}
@@ -310,6 +391,7 @@ class Metrics:
         if series is None:
             series = self._new_series(crawler, purpose, identity, action, reason, rule)
             if len(self._series) >= MAX_CACHED_SERIES:
+                self.flush()
                 self._series.clear()
             self._series[key] = series
         return series
@@ -345,12 +427,34 @@ class Metrics:
         self._rule_pairs.add((rule, action))
         return self.rule_matches.labels(rule, action)
 
+    def request(self, series: RequestSeries, duration: float, sent: int, status: int,
+                upstream: float | None) -> None:
+        """One finished request's numbers, added without locks (see `flush`)."""
+        series.record(duration, sent)
+        if not series.dirty:
+            series.dirty = True
+            self._dirty.append(series)
+        index = status // 100 - 1
+        self._status_counts[index if 0 <= index < 5 else 5] += 1
+        if upstream is not None:
+            self._upstream_pending.observe(upstream)
+
+    def flush(self) -> None:
+        """Move the pending request numbers into the exported metrics."""
+        dirty, self._dirty = self._dirty, []
+        for series in dirty:
+            series.dirty = False
+            series.flush()
+        counts = self._status_counts
+        for i, n in enumerate(counts):
+            if n:
+                self._status[i].inc(n)
+                counts[i] = 0
+        self._upstream_pending.flush()
+
     def status(self, code: int) -> None:
         index = code // 100 - 1
-        if 0 <= index < 5:
-            self._status[index].inc()
-        else:
-            self._status_other.inc()
+        self._status[index if 0 <= index < 5 else 5].inc()
 
     def upstream_error(self, kind: str) -> None:
         if kind in CLIENT_FAULTS:
@@ -430,6 +534,7 @@ class Metrics:
         follows the policy rather than everything ever loaded; a rule that never
         matches still shows (at 0), which is how dead rules are found.
         """
+        self.flush()  # pending counts of series about to be dropped go out first
         pairs = {(DEFAULT_RULE, action_name(policy.default))}
         for rule in _all_rules(policy):
             pairs.add((rule.name, action_name(rule.action)))

@@ -95,16 +95,7 @@ class Recorder:
             cls.name, cls.purpose, outcome.identity, decision.action, decision.reason,
             decision.rule,
         )
-        series.requests.inc()
-        series.rule.inc()
-        series.duration.observe(obs.duration)
-        m.status(obs.status)
-        if obs.bytes_sent:
-            series.response_bytes.inc(obs.bytes_sent)
-        if series.rate_limited is not None:
-            series.rate_limited.inc()
-        if obs.upstream_duration is not None:
-            m.upstream_duration.observe(obs.upstream_duration)
+        m.request(series, obs.duration, obs.bytes_sent, obs.status, obs.upstream_duration)
         if obs.upstream_error is not None:
             m.upstream_error(obs.upstream_error)
         verification = outcome.verification

@@ -25,7 +25,7 @@ from gatekeeper.observe.metrics import Metrics
 from gatekeeper.observe.record import Observation, Recorder
 
 GPTBOT = Crawler("GPTBot", "OpenAI", Purpose.AI_TRAINING, ("gptbot",), "GPTBot")
-Serve = Callable[[Callable[[], Awaitable[ReadyResult]]], Awaitable[str]]
+Serve = Callable[..., Awaitable[str]]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -44,8 +44,9 @@ async def serve(registry: CollectorRegistry) -> AsyncIterator[Serve]:
     """Start the admin app on 127.0.0.1, on a port the kernel picks; yield its URL."""
     runners: list[web.AppRunner] = []
 
-    async def start(ready: Callable[[], Awaitable[ReadyResult]]) -> str:
-        runner = web.AppRunner(build_admin_app(registry, ready), access_log=None)
+    async def start(ready: Callable[[], Awaitable[ReadyResult]],
+                    flush: Callable[[], None] | None = None) -> str:
+        runner = web.AppRunner(build_admin_app(registry, ready, flush), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         runners.append(runner)
@@ -138,7 +139,9 @@ async def test_metrics_scrape_shows_observed_requests(
         "Unlisted", "?", Purpose.AI_TRAINING, ("unlisted",), "Unlisted")), allow, 200))
     recorder.bad_request("encoded_slash", "192.0.2.9", "GET", 400)
 
-    samples = await scrape(await serve(always_ready))
+    # The scrape renders in a worker thread; the app flushes the batched request
+    # numbers on the event loop first.
+    samples = await scrape(await serve(always_ready, recorder.metrics.flush))
 
     assert samples[key("gatekeeper_requests_total", crawler="GPTBot", purpose="ai-training",
                        identity="unverified", action="block", reason="blocked")] == 2

@@ -106,16 +106,15 @@ def test_request_series_counts_with_the_given_labels(
 ) -> None:
     series = metrics.request_series("GPTBot", "ai-training", "unverified", "block", "blocked",
                                     "no-training")
-    series.requests.inc()
-    series.rule.inc()
-    series.duration.observe(0.01)
+    metrics.request(series, 0.01, 0, 403, None)
     assert requests(registry, crawler="GPTBot", purpose="ai-training", identity="unverified",
                     action="block", reason="blocked") == 1
     assert registry.get_sample_value(
         "gatekeeper_rule_matches_total", {"rule": "no-training", "action": "block"}) == 1
     assert registry.get_sample_value(
         "gatekeeper_request_duration_seconds_count", {"action": "block"}) == 1
-    assert series.rate_limited is None
+    assert registry.get_sample_value("gatekeeper_rate_limited_total", {"crawler": "GPTBot"}) \
+        is None
 
 
 def test_request_series_are_cached_per_label_tuple(metrics: Metrics) -> None:
@@ -141,8 +140,8 @@ def test_request_series_are_cached_per_label_tuple(metrics: Metrics) -> None:
 def test_crawler_labels_are_catalog_names_or_a_bucket(
     metrics: Metrics, registry: CollectorRegistry, name: str, label: str
 ) -> None:
-    metrics.request_series(name, "ai-training", "unverified", "allow", "allowed",
-                           "default").requests.inc()
+    metrics.request(metrics.request_series(name, "ai-training", "unverified", "allow", "allowed",
+                           "default"), 0.01, 0, 200, None)
     assert requests(registry, crawler=label, purpose="ai-training", identity="unverified",
                     action="allow", reason="allowed") == 1
 
@@ -150,14 +149,15 @@ def test_crawler_labels_are_catalog_names_or_a_bucket(
 def test_values_outside_the_closed_vocabularies_become_other(
     metrics: Metrics, registry: CollectorRegistry
 ) -> None:
-    metrics.request_series("GPTBot", "astrology", "trusted", "teleport", "whim",
-                           "default").requests.inc()
+    metrics.request(metrics.request_series("GPTBot", "astrology", "trusted", "teleport", "whim",
+                           "default"), 0.01, 0, 200, None)
     assert requests(registry, crawler="GPTBot", purpose="other", identity="other",
                     action="other", reason="other") == 1
 
 
 def test_no_purpose_is_labelled_none(metrics: Metrics, registry: CollectorRegistry) -> None:
-    metrics.request_series("unknown", None, "unknown", "allow", "allowed", "default").requests.inc()
+    series = metrics.request_series("unknown", None, "unknown", "allow", "allowed", "default")
+    metrics.request(series, 0.01, 0, 200, None)
     assert requests(registry, crawler="unknown", purpose="none", identity="unknown",
                     action="allow", reason="allowed") == 1
     assert "none" in PURPOSE_LABELS
@@ -168,8 +168,7 @@ def test_rate_limited_requests_get_the_rate_limited_counter(
 ) -> None:
     series = metrics.request_series("Unlisted", "ai-training", "unverified", "rate_limit",
                                     Reason.RATE_LIMITED, "slow-down")
-    assert series.rate_limited is not None
-    series.rate_limited.inc()
+    metrics.request(series, 0.001, 0, 429, None)
     assert registry.get_sample_value("gatekeeper_rate_limited_total", {"crawler": "other"}) == 1
 
 
@@ -276,8 +275,9 @@ def test_series_cached_before_a_reload_do_not_count_into_removed_rules(
     metrics.policy_loaded(_policy(Rule("old", Match(), Block())))
     metrics.request_series("GPTBot", "ai-training", "unverified", "block", "blocked", "old")
     metrics.policy_loaded(_policy(Rule("new", Match(), Block())))
-    metrics.request_series("GPTBot", "ai-training", "unverified", "block", "blocked",
-                           "new").rule.inc()
+    series = metrics.request_series("GPTBot", "ai-training", "unverified", "block", "blocked",
+                                    "new")
+    metrics.request(series, 0.01, 0, 200, None)
     assert registry.get_sample_value(
         "gatekeeper_rule_matches_total", {"rule": "new", "action": "block"}) == 1
 
@@ -305,3 +305,52 @@ def test_reload_sets_the_success_timestamp(metrics: Metrics, registry: Collector
 def test_closed_vocabularies_match_the_enums() -> None:
     assert set(REASON_LABELS) == {r.value for r in Reason}
     assert "unknown" in IDENTITY_LABELS
+
+
+def test_batched_request_numbers_export_exactly_what_direct_observation_would(
+    registry: CollectorRegistry,
+) -> None:
+    # The hot path adds to plain numbers and flushes through prometheus_client's
+    # histogram internals; a second registry observes the same values directly.
+    from prometheus_client import Histogram
+
+    from gatekeeper.observe.metrics import LATENCY_BUCKETS
+
+    metrics = Metrics(registry, ["GPTBot"], process_metrics=False)
+    direct_registry = CollectorRegistry()
+    direct = Histogram("gatekeeper_request_duration_seconds", "d", ["action"],
+                       buckets=LATENCY_BUCKETS, registry=direct_registry)
+    series = metrics.request_series("GPTBot", "ai-training", "verified", "allow", "allowed",
+                                    "default")
+    values = [0.0001, 0.0005, 0.0007, 0.001, 0.02, 0.3, 3.0, 29.9, 30.0, 31.0, 500.0]
+    for v in values:
+        metrics.request(series, v, 10, 200, v / 2)
+        direct.labels("allow").observe(v)
+    got = {(s.name, s.labels.get("le")): s.value for f in registry.collect()
+           for s in f.samples if s.name.startswith("gatekeeper_request_duration_seconds")
+           and s.labels.get("action") == "allow"}
+    want = {(s.name, s.labels.get("le")): s.value for f in direct_registry.collect()
+            for s in f.samples}
+    assert got == want
+    assert registry.get_sample_value("gatekeeper_upstream_duration_seconds_count") == len(values)
+    assert registry.get_sample_value("gatekeeper_response_bytes_total",
+                                     {"crawler": "GPTBot"}) == 10 * len(values)
+    assert registry.get_sample_value("gatekeeper_responses_total", {"code": "2xx"}) == len(values)
+
+
+def test_a_collection_from_another_thread_does_not_flush(registry: CollectorRegistry) -> None:
+    import threading
+
+    metrics = Metrics(registry, [], process_metrics=False)
+    series = metrics.request_series("unknown", None, "unknown", "allow", "allowed", "default")
+    metrics.request(series, 0.01, 0, 200, None)
+    seen: list[float | None] = []
+    labels = {"crawler": "unknown", "purpose": "none", "identity": "unknown",
+              "action": "allow", "reason": "allowed"}
+    thread = threading.Thread(target=lambda: seen.append(
+        registry.get_sample_value("gatekeeper_requests_total", labels)))
+    thread.start()
+    thread.join()
+    assert seen == [0.0]  # pending: only the owning thread moves the numbers
+    metrics.flush()
+    assert registry.get_sample_value("gatekeeper_requests_total", labels) == 1
