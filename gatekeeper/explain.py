@@ -4,7 +4,8 @@ It runs the same pieces as the proxy (target canonicalisation, catalog, identity
 verification against the range lists and reverse DNS, robots.txt compliance when a
 robots.txt is given, the policy evaluation through `Gate`), so what it prints is
 what the proxy does. Behaviour is the one thing it cannot show: a score needs the
-client's recent requests, and explain sees one.
+client's recent requests, and explain sees one: it scores the request as if it
+were the client's first, which shows what this request alone contributes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gatekeeper.core.behaviour import BehaviourConfig, describe
 from gatekeeper.core.facts import RequestFacts
 from gatekeeper.core.model import RateLimit
 from gatekeeper.core.robots import RobotsRules
@@ -69,7 +71,8 @@ async def explain(
     store = MemoryStore()
     identity = build_identity(settings, catalog, store, wait_for_dns=True)
     robots = StaticRobots(robots_txt) if robots_txt is not None else None
-    gate = Gate(catalog, lambda: policy, store, identity=identity.verifier, robots=robots)
+    gate = Gate(catalog, lambda: policy, store, identity=identity.verifier, robots=robots,
+                behaviour=BehaviourConfig() if settings.behaviour else None)
     try:
         outcome = await gate.decide(facts)
     finally:
@@ -92,6 +95,7 @@ async def explain(
     }
     report["identity"] = _identity(outcome)
     report["robots"] = _robots(outcome, robots_txt is not None)
+    report["behaviour"] = _behaviour(outcome)
     rule = selected.rule
     report["rule"] = {
         "name": selected.name,
@@ -132,6 +136,21 @@ def _identity(outcome: Outcome) -> dict[str, Any]:
     return report
 
 
+def _behaviour(outcome: Outcome) -> dict[str, Any]:
+    score = outcome.behaviour
+    if score is None:
+        why = ("only clients that claim no crawler are scored"
+               if outcome.classification.crawler is not None or outcome.claimed is not None
+               else "behaviour scoring is off")
+        return {"scored": False, "note": why}
+    return {
+        "scored": True, "score": score.value, "undeclared": score.undeclared,
+        "reasons": [{"code": r, "meaning": describe(r)} for r in score.reasons],
+        "note": "this request alone, as a client's first; the proxy scores the client's "
+                "last minute of requests",
+    }
+
+
 def _robots(outcome: Outcome, given: bool) -> dict[str, Any]:
     verdict = outcome.robots
     if verdict is None:
@@ -166,6 +185,11 @@ def render_text(report: dict[str, Any]) -> str:
     lines.append(f"identity:       {ident['state']} ({ident['how']})")
     if ident.get("user_agent_claimed"):
         lines.append(f"                (the user agent alone says {ident['user_agent_claimed']})")
+    behaviour = report["behaviour"]
+    if behaviour["scored"]:
+        reasons = ", ".join(r["code"] for r in behaviour["reasons"]) or "no signals"
+        lines.append(f"behaviour:      score {behaviour['score']:g} ({reasons}); "
+                     "this request alone")
     robots = report["robots"]
     if robots["checked"]:
         said = "allows" if robots["allowed"] else "disallows"

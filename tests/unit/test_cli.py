@@ -221,3 +221,13 @@ def test_crawlers_update_failure_keeps_the_last_good_copy_and_exits_1(tmp_path: 
     out = gk("crawlers", "update", env=env)
     assert out.returncode == 1
     assert "openai-gptbot: failed (kept last good:" in out.stdout
+
+
+def test_explain_scores_a_bare_request_as_a_client_s_first() -> None:
+    report = json.loads(gk("explain", "--ua", "", "--json").stdout)
+    behaviour = report["behaviour"]
+    assert behaviour["scored"] is True
+    assert {r["code"] for r in behaviour["reasons"]} == {"no-accept", "no-accept-language"}
+    assert behaviour["undeclared"] is False
+    crawler = json.loads(gk("explain", "--ua", "GPTBot/1.2", "--json").stdout)
+    assert crawler["behaviour"]["scored"] is False
