@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from enum import StrEnum
 
 from gatekeeper.core.catalog import Purpose
@@ -130,14 +131,53 @@ class Rule:
     source: SourceRef | None = None
 
 
+class PricePer(StrEnum):
+    """What a price is charged for: each request, or a period of access."""
+
+    REQUEST = "request"
+    DAY = "day"
+    MONTH = "month"
+    YEAR = "year"
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    amount: Decimal  # exact: prices are money
+    currency: str  # ISO 4217, upper case ("USD")
+    per: PricePer = PricePer.REQUEST
+
+
+@dataclass(frozen=True, slots=True)
+class LicenseLimits:
+    """What one licensee may take under the licence in each period."""
+
+    period: PricePer = PricePer.MONTH  # day, month or year (never "request")
+    requests: int | None = None
+    bytes: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class License:
-    """A named licence offer. The licensing work adds terms, prices and limits."""
+    """A named licence offer: what it permits, where, at what price, for how long.
+
+    No price and no `contact` means the licence is free (a token is still needed,
+    so the use is known and metered). `contact` without a price means terms are
+    agreed by asking ("contact us"): tokens are issued only to licensees the
+    operator added for it.
+    """
 
     name: str
-    usages: tuple[str, ...] = ()
+    usages: tuple[str, ...] = ()  # RSL usage values: all, ai-all, ai-train, ai-input, ...
     description: str = ""
     source: SourceRef | None = None
+    paths: tuple[Pattern, ...] | None = None  # None: every path the rule covers
+    price: Price | None = None
+    contact: str = ""  # a mailto: or https: URL for terms agreed by asking
+    validity: float = 30 * 86400.0  # seconds a token for it stays valid
+    limits: LicenseLimits | None = None
+
+    def covers(self, path: str) -> bool:
+        return self.paths is None or any(p.match(path) for p in self.paths)
 
 
 @dataclass(frozen=True, slots=True)

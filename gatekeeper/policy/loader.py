@@ -20,6 +20,7 @@ import os
 import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
@@ -45,12 +46,15 @@ from gatekeeper.core.model import (
     HeaderMatch,
     HostSection,
     License,
+    LicenseLimits,
     LimitKey,
     Match,
     Mode,
     Monitor,
     Pattern,
     Policy,
+    Price,
+    PricePer,
     RateLimit,
     RequireLicense,
     Rule,
@@ -463,9 +467,106 @@ class _FileWalker:
         description = ""
         if "description" in m:
             description = self.text(m["description"], f"{field}.description") or ""
+        paths = self.paths(m["paths"], f"{field}.paths") if "paths" in m else None
+        price = self.price(m["price"], f"{field}.price") if "price" in m else None
+        contact = ""
+        if "contact" in m:
+            contact = self.text(m["contact"], f"{field}.contact") or ""
+            if contact and not contact.startswith(("mailto:", "https://", "http://")):
+                self.error(m["contact"], f"{field}.contact",
+                           f"{contact!r}: expected a mailto: or https: URL")
+        validity = 30 * 86400.0
+        if "validity" in m:
+            validity = self.duration(m["validity"], f"{field}.validity") or validity
+        limits = self.limits(m["limits"], f"{field}.limits") if "limits" in m else None
         if name is None:
             return None
-        return License(name, tuple(usages), description, self.ref(node))
+        return License(name, tuple(usages), description, self.ref(node), paths, price,
+                       contact, validity, limits)
+
+    def price(self, node: Node, field: str) -> Price | None:
+        m = self.mapping(node, field, V.PRICE_KEYS)
+        if m is None:
+            return None
+        for key in ("amount", "currency"):
+            if key not in m:
+                self.error(node, f"{field}.{key}", "missing")
+                return None
+        amount_text = self.text(m["amount"], f"{field}.amount")
+        currency = self.text(m["currency"], f"{field}.currency")
+        per = PricePer.REQUEST
+        if "per" in m:
+            word = self.text(m["per"], f"{field}.per")
+            if word is not None and word not in [p.value for p in PricePer]:
+                self.error(m["per"], f"{field}.per", _not_one_of(word, [p.value for p in PricePer]))
+                return None
+            per = PricePer(word) if word is not None else per
+        if amount_text is None or currency is None:
+            return None
+        try:
+            amount = Decimal(amount_text)
+        except InvalidOperation:
+            amount = Decimal(-1)
+        if not amount.is_finite() or amount < 0:
+            self.error(m["amount"], f"{field}.amount",
+                       f"{amount_text!r}: expected a decimal number, 0 or more")
+            return None
+        if not (len(currency) == 3 and currency.isalpha() and currency.isupper()):
+            self.error(m["currency"], f"{field}.currency",
+                       f"{currency!r}: expected an ISO 4217 code such as USD or EUR")
+            return None
+        return Price(amount, currency, per)
+
+    def duration(self, node: Node, field: str) -> float | None:
+        text = self.text(node, field)
+        if text is None:
+            return None
+        found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+        if found is None or float(found.group(1)) <= 0:
+            self.error(node, field, f"{text!r}: expected a duration such as 30d, 12h or 3600s")
+            return None
+        return float(found.group(1)) * V.DURATION_UNITS.get(found.group(2) or "s", 1.0)
+
+    def limits(self, node: Node, field: str) -> LicenseLimits | None:
+        m = self.mapping(node, field, V.LIMIT_KEYS)
+        if m is None:
+            return None
+        period = PricePer.MONTH
+        if "per" in m:
+            word = self.text(m["per"], f"{field}.per")
+            choices = ["day", "month", "year"]
+            if word not in choices:
+                self.error(m["per"], f"{field}.per", _not_one_of(str(word), choices))
+                return None
+            period = PricePer(word)
+        requests = self.count(m["requests"], f"{field}.requests") if "requests" in m else None
+        size = self.size(m["bytes"], f"{field}.bytes") if "bytes" in m else None
+        if "requests" in m or "bytes" in m:
+            if requests is None and size is None:
+                return None  # the bad value is reported already
+        elif requests is None and size is None:
+            self.error(node, field, "give requests, bytes or both")
+            return None
+        return LicenseLimits(period, requests, size)
+
+    def count(self, node: Node, field: str) -> int | None:
+        text = self.text(node, field)
+        if text is None:
+            return None
+        if not text.isdigit() or int(text) < 1:
+            self.error(node, field, f"{text!r}: expected a whole number, 1 or more")
+            return None
+        return int(text)
+
+    def size(self, node: Node, field: str) -> int | None:
+        text = self.text(node, field)
+        if text is None:
+            return None
+        found = re.fullmatch(r"\s*(\d+)\s*([KMGT]i?B|B)?\s*", text)
+        if found is None or int(found.group(1)) < 1:
+            self.error(node, field, f"{text!r}: expected a size such as 500MiB or 10GB")
+            return None
+        return int(found.group(1)) * V.SIZE_UNITS[found.group(2) or ""]
 
     # rules
 

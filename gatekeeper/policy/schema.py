@@ -75,6 +75,19 @@ def _license() -> Schema:
             "name": {"type": "string", "pattern": V.LICENSE_NAME_PATTERN},
             "usages": _strings(_enum(V.USAGES), allow_empty=True),
             "description": {"type": "string"},
+            "paths": _strings({"type": "string", "pattern": "^/"}),
+            "price": _object(V.PRICE_KEYS, {
+                "amount": {"oneOf": [{"type": "number"}, {"type": "string"}]},
+                "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                "per": _enum(("request", "day", "month", "year")),
+            }, required=["amount", "currency"]),
+            "contact": {"type": "string", "pattern": "^(mailto:|https?://)"},
+            "validity": {"oneOf": [{"type": "number"}, {"type": "string"}]},
+            "limits": _object(V.LIMIT_KEYS, {
+                "requests": {"oneOf": [{"type": "integer"}, {"type": "string"}]},
+                "bytes": {"oneOf": [{"type": "integer"}, {"type": "string"}]},
+                "per": _enum(("day", "month", "year")),
+            }),
         },
         required=["name"],
     )

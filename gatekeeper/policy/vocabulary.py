@@ -31,6 +31,26 @@ LICENSE_KEYS: dict[str, str] = {
     "name": "The name require_license refers to: letters, digits, '.', '_' and '-'.",
     "usages": "What the licence allows: all, ai-all, ai-train, ai-input, ai-index, search.",
     "description": "A sentence for people reading the licence terms.",
+    "paths": "Path globs the licence covers; default every path its rules cover.",
+    "price": "{amount: 0.002, currency: USD, per: request|day|month|year}; none: free.",
+    "contact": "mailto: or https: URL: terms agreed by asking (no price needed).",
+    "validity": "How long a token for it lasts: 30d, 12h, 3600s (default 30d).",
+    "limits": "{requests: N, bytes: 10GiB, per: day|month|year} per licensee.",
+}
+PRICE_KEYS: dict[str, str] = {
+    "amount": "A decimal number of the currency's units, e.g. 0.002.",
+    "currency": "ISO 4217 code, e.g. USD, EUR.",
+    "per": "request (default), day, month or year.",
+}
+LIMIT_KEYS: dict[str, str] = {
+    "requests": "Requests per period.",
+    "bytes": "Response bytes per period: a number or 500MiB, 10GiB, ...",
+    "per": "The period: day, month (default) or year.",
+}
+DURATION_UNITS: dict[str, float] = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+SIZE_UNITS: dict[str, int] = {
+    "": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
 }
 RULE_KEYS: dict[str, str] = {
     "name": "Shown in logs, metrics and answers; default rules[N].",

@@ -370,3 +370,30 @@ def test_any_text_gives_a_policy_or_a_policy_error(text: str) -> None:
         problems = exc.problems
         assert problems, "a PolicyError always says what is wrong"
     assert all(p.line >= 0 and p.file == "inline.yaml" for p in problems)
+
+
+def test_licence_terms_build_the_model() -> None:
+    from decimal import Decimal
+
+    from gatekeeper.core.model import PricePer
+
+    policy = load_policy_file(VECTORS / "good" / "licenses-with-terms.yaml", CATALOG)
+    train, monthly, archive, free = policy.licenses
+    assert train.price is not None
+    assert (train.price.amount, train.price.currency, train.price.per) == (
+        Decimal("0.002"), "USD", PricePer.REQUEST)
+    assert train.validity == 30 * 86400
+    assert train.limits is not None
+    assert (train.limits.period, train.limits.requests, train.limits.bytes) == (
+        PricePer.MONTH, 100_000, 10 * 2**30)
+    assert train.covers("/articles/2026/a")
+    assert not train.covers("/premium/a")
+    assert monthly.price is not None
+    assert monthly.price.per is PricePer.MONTH
+    assert monthly.validity == 12 * 3600
+    assert monthly.covers("/anything")
+    assert archive.price is None
+    assert archive.contact == "mailto:licensing@example.com"
+    assert free.price is None
+    assert free.contact == ""
+    assert free.usages == ("search",)
