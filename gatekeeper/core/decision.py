@@ -17,7 +17,11 @@ class Reason(StrEnum):
     ALLOWED = "allowed"
     BLOCKED = "blocked"
     RATE_LIMITED = "rate_limited"
-    LICENSE_REQUIRED = "license_required"
+    LICENSE_REQUIRED = "license_required"  # no licence token, or the price was not accepted
+    LICENSED = "licensed"  # a valid licence token covers this use: forwarded and metered
+    LICENSE_INVALID = "license_invalid"  # the token is expired, forged, revoked, ...
+    LICENSE_INSUFFICIENT = "license_insufficient"  # valid, but not for this path or use
+    LICENSE_QUOTA = "license_quota"  # the licensee used up the licence's limits
     MONITORED = "monitored"
     DRY_RUN = "dry_run"  # mode: monitor turned a deny into a forward
 
@@ -33,6 +37,8 @@ class Decision:
     body: bytes = b""
     # What would have been answered, for dry runs and `explain`.
     would_status: int = 0
+    # Added to the upstream's response when forwarded (e.g. `crawler-charged`).
+    response_headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def denied(self) -> bool:

@@ -15,14 +15,17 @@ from functools import lru_cache
 from gatekeeper.core.catalog import Classification
 from gatekeeper.core.decision import Decision, Reason
 from gatekeeper.core.facts import Identity, RequestFacts
+from gatekeeper.core.licence_check import LicenseCheck, LicenseStatus, accepts, format_price
 from gatekeeper.core.model import (
     Action,
     Allow,
     Block,
+    License,
     Match,
     Mode,
     Monitor,
     Policy,
+    PricePer,
     RateLimit,
     RequireLicense,
     Rule,
@@ -107,8 +110,19 @@ def select(
     return Selected(None, policy.default)
 
 
-def decide(policy: Policy, selected: Selected, limit: LimitResult | None = None) -> Decision:
-    """The Decision for a selected rule. `limit` is required for rate-limit actions."""
+def decide(
+    policy: Policy,
+    selected: Selected,
+    limit: LimitResult | None = None,
+    license: LicenseCheck | None = None,
+    *,
+    path: str = "/",
+    max_price: str | None = None,
+) -> Decision:
+    """The Decision for a selected rule. `limit` is required for rate-limit actions;
+    `license` is what the gate found of the request's licence token for a
+    `require_license` rule (None: no token), `path` the canonical path (the answer
+    lists the licences covering it) and `max_price` the `crawler-max-price` header."""
     action = selected.action
     name = selected.name
     keyword = action_name(action)
@@ -125,7 +139,10 @@ def decide(policy: Policy, selected: Selected, limit: LimitResult | None = None)
     elif isinstance(action, Block):
         denial = _blocked(name, action)
     else:
-        denial = _license_required(name, action, policy.license_terms_url)
+        granted = _licensed(name, action, policy, license, path, max_price)
+        if granted is not None:
+            return granted
+        denial = _license_answer(name, action, policy, license, path, max_price)
     if policy.mode is Mode.MONITOR:
         return Decision(
             keyword, name, Reason.DRY_RUN, forward=True, would_status=denial.status
@@ -172,23 +189,118 @@ def _rate_limited(rule: str, retry_after: float) -> Decision:
     )
 
 
+def _licensed(
+    rule: str, action: RequireLicense, policy: Policy, check: LicenseCheck | None, path: str,
+    max_price: str | None,
+) -> Decision | None:
+    """The forward for a granted licence whose price (if per request) is accepted."""
+    if check is None or check.status is not LicenseStatus.GRANTED or check.license is None:
+        return None
+    price = check.license.price
+    if price is not None and price.per is PricePer.REQUEST:
+        if not accepts(price, max_price):
+            return None
+        charged: tuple[tuple[str, str], ...] = (("crawler-charged", format_price(price)),)
+    else:
+        charged = ()
+    return Decision("require_license", rule, Reason.LICENSED, forward=True,
+                    response_headers=(*charged, _rsl_link(policy)))
+
+
+def _license_answer(
+    rule: str, action: RequireLicense, policy: Policy, check: LicenseCheck | None, path: str,
+    max_price: str | None,
+) -> Decision:
+    """The RSL answer (401/402/403/429) for a request without a usable licence."""
+    offers = tuple(lic for lic in policy.licenses if lic.name in action.any_of
+                   and lic.covers(path))
+    status_of = LicenseStatus.MISSING if check is None else check.status
+    if status_of is LicenseStatus.GRANTED:
+        status_of = LicenseStatus.PRICE_NOT_ACCEPTED  # granted, but the charge was refused
+    failure = check.failure if check is not None else ""
+    retry = check.retry_after if check is not None else 0
+    return _license_decision(rule, policy, offers, status_of, failure, retry,
+                             bool(max_price))
+
+
+# One answer per (rule, offers, outcome): policies have few licences, and the
+# answers are the same bytes for every request that ends the same way.
 @lru_cache(maxsize=1024)
-def _license_required(rule: str, action: RequireLicense, terms_url: str) -> Decision:
-    body = _json(
-        {
-            "error": "license_required",
-            "status": 402,
-            "rule": rule,
-            "licenses": list(action.any_of),
-            "terms": terms_url,
-            "how_to_obtain": (
-                "Read the licence terms at the 'terms' URL, obtain a licence token, and repeat "
-                "the request with 'Authorization: License <token>'."
-            ),
-        }
-    )
-    headers = (_JSON, ("Link", f'<{terms_url}>; rel="license"'))
+def _license_decision(
+    rule: str, policy: Policy, offers: tuple[License, ...], outcome: LicenseStatus,
+    failure: str, retry_after: int, offered_price: bool,
+) -> Decision:
+    per_request = [o.price for o in offers if o.price is not None
+                   and o.price.per is PricePer.REQUEST]
+    priced = any(o.price is not None for o in offers)
+    headers: list[tuple[str, str]] = [_JSON, _rsl_link(policy)]
+    if outcome is LicenseStatus.INVALID:
+        status, error, reason = 401, "invalid_token", Reason.LICENSE_INVALID
+        message = f"the licence token was refused: {failure}"
+    elif outcome is LicenseStatus.INSUFFICIENT:
+        status, error, reason = 403, "insufficient_scope", Reason.LICENSE_INSUFFICIENT
+        message = f"the licence token does not cover this request: {failure}"
+    elif outcome is LicenseStatus.OVER_QUOTA:
+        status, error, reason = 429, "insufficient_scope", Reason.LICENSE_QUOTA
+        message = "the licence's limits for this period are used up"
+        headers.append(("Retry-After", str(max(1, retry_after))))
+    elif outcome is LicenseStatus.PRICE_NOT_ACCEPTED or (priced and outcome is
+                                                         LicenseStatus.MISSING):
+        status, error, reason = 402, "invalid_request", Reason.LICENSE_REQUIRED
+        message = "a licence is required, and it has a price"
+        if outcome is LicenseStatus.PRICE_NOT_ACCEPTED:
+            message = ("the licence charges per request: send crawler-max-price at or "
+                       "above crawler-price")
+    else:
+        status, error, reason = 401, "invalid_request", Reason.LICENSE_REQUIRED
+        message = "a licence token is required for this resource"
+    if per_request:
+        cheapest = min(per_request, key=lambda p: p.amount)
+        headers.append(("crawler-price", format_price(cheapest)))
+        if outcome is LicenseStatus.PRICE_NOT_ACCEPTED:
+            headers.append(("crawler-error", "InvalidCrawlerMaxPrice" if offered_price
+                            else "MissingCrawlerPrice"))
+    if status in (401, 402):
+        headers.append(("WWW-Authenticate",
+                        f'License error="{error}", error_description="{message}"'))
+    elif status == 403:
+        headers.append(("WWW-Authenticate", f'License error="{error}"'))
+    body = _json({
+        "error": reason.value,
+        "status": status,
+        "rule": rule,
+        "message": message,
+        "token_error": failure or None,
+        "licenses": [_offer(o) for o in offers],
+        "terms": policy.license_terms_url,
+        "rsl": policy.rsl_url,
+        "token_endpoint": policy.token_url,
+        "how_to_obtain": (
+            "Read the licence terms, register as a licensee with the site, then POST "
+            "grant_type=rsl&license=<name>&resource=<url> to token_endpoint with HTTP "
+            "Basic client credentials, and repeat the request with "
+            "'Authorization: License <access_token>'."
+        ),
+    })
     return Decision(
-        "require_license", rule, Reason.LICENSE_REQUIRED, forward=False, status=402,
-        headers=headers, body=body, would_status=402,
+        "require_license", rule, reason, forward=False, status=status,
+        headers=tuple(headers), body=body, would_status=status,
     )
+
+
+def _offer(lic: License) -> dict[str, object]:
+    price = lic.price
+    return {
+        "name": lic.name,
+        "usages": list(lic.usages),
+        "paths": [p.text for p in lic.paths] if lic.paths is not None else None,
+        "price": None if price is None else {
+            "amount": str(price.amount), "currency": price.currency, "per": price.per.value,
+        },
+        "contact": lic.contact or None,
+        "token_validity_seconds": int(lic.validity),
+    }
+
+
+def _rsl_link(policy: Policy) -> tuple[str, str]:
+    return ("Link", f'<{policy.rsl_url}>; rel="license"; type="application/rsl+xml"')

@@ -197,5 +197,9 @@ class Policy:
     licenses: tuple[License, ...] = ()
     # Where a 402 tells crawler vendors to read licence terms (absolute URL or path).
     license_terms_url: str = "/.well-known/gatekeeper/licenses"
+    # The RSL document and the licence server's token endpoint, as crawlers reach
+    # them on the main listener (see docs/licensing.md).
+    rsl_url: str = "/license.xml"
+    token_url: str = "/.well-known/gatekeeper/token"
     version: int = 1
     source: str = "<embedded>"

@@ -110,8 +110,13 @@ def upstream_request_headers(
     proto: str,
     forwarded_for_chain: Sequence[str] = (),
     extra: Iterable[tuple[str, str]] = (),
+    strip_license_tokens: bool = True,
 ) -> CIMultiDict[str]:
     """The headers to send upstream; see the module docstring.
+
+    `Authorization: License <token>` (RSL's scheme) is a credential for the gate,
+    not for the origin: it is dropped unless `strip_license_tokens` is False. Other
+    schemes (Basic, Bearer) are the origin's business and pass.
 
     Added, in this order, after the client's own:
     - `X-Forwarded-For: <chain>, <client_ip>`, where `forwarded_for_chain` is
@@ -135,6 +140,8 @@ def upstream_request_headers(
     for name, value in incoming.items():
         if _never_forwarded(name) or (nominated and _normalised(name) in nominated):
             continue
+        if strip_license_tokens and _is_license_credential(name, value):
+            continue
         out.add(name, value)
     out.add("X-Forwarded-For", ", ".join([*forwarded_for_chain, client_ip]))
     out.add("X-Forwarded-Proto", proto)
@@ -145,6 +152,11 @@ def upstream_request_headers(
         if not _BAD_VALUE.search(value):
             out.add(name, value)
     return out
+
+
+def _is_license_credential(name: str, value: str) -> bool:
+    return len(name) == 13 and name.lower() == "authorization" and \
+        value.lstrip()[:8].lower() == "license "
 
 
 def websocket_request_headers(

@@ -263,7 +263,8 @@ class Proxy:
             upstream_duration = time.perf_counter() - sending
             status = upstream.status
             try:
-                resp, sent, error = await self._relay(request, upstream)
+                resp, sent, error = await self._relay(
+                    request, upstream, outcome.decision.response_headers)
             finally:
                 upstream.release()
             return resp
@@ -315,13 +316,17 @@ class Proxy:
             yield chunk
 
     async def _relay(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse,
+        added: tuple[tuple[str, str], ...] = (),
     ) -> tuple[web.StreamResponse, int, str | None]:
-        """Stream the upstream's response to the client; (response, body bytes
-        sent, error kind or None)."""
+        """Stream the upstream's response to the client, with the gate's `added`
+        headers (a licence's `Link`, `crawler-charged`); (response, body bytes sent,
+        error kind or None)."""
+        headers = downstream_response_headers(upstream.headers)
+        for name, value in added:
+            headers[name] = value  # the gate's word replaces an upstream's
         resp = RelayedResponse(
-            status=upstream.status, reason=_safe_reason(upstream.reason),
-            headers=downstream_response_headers(upstream.headers),
+            status=upstream.status, reason=_safe_reason(upstream.reason), headers=headers,
         )
         if self._draining:
             resp.force_close()

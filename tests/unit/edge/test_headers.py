@@ -320,3 +320,21 @@ def test_redact_hides_credentials_and_keeps_the_rest() -> None:
 def test_redact_joins_repeated_headers_under_the_first_spelling() -> None:
     out = redact(proxy(("Accept", "a"), ("accept", "b"), ("Cookie", "x"), ("cookie", "y")))
     assert out == {"Accept": "a, b", "Cookie": "[redacted]"}
+
+
+def test_an_rsl_licence_token_is_not_forwarded_but_other_credentials_are() -> None:
+    from multidict import CIMultiDict as MD
+
+    from gatekeeper.edge.headers import upstream_request_headers as build
+
+    for value in ("License eyJ.a.b", "license eyJ.a.b", "  LICENSE eyJ.a.b"):
+        out = build(MD({"Authorization": value, "Host": "a"}), client_ip="192.0.2.1",
+                    host="a", proto="http")
+        assert "Authorization" not in out
+    for value in ("Basic dXNlcjpwYXNz", "Bearer abc", "Licensee x"):
+        out = build(MD({"Authorization": value, "Host": "a"}), client_ip="192.0.2.1",
+                    host="a", proto="http")
+        assert out["Authorization"] == value
+    kept = build(MD({"Authorization": "License eyJ.a.b"}), client_ip="192.0.2.1", host="a",
+                 proto="http", strip_license_tokens=False)
+    assert kept["Authorization"] == "License eyJ.a.b"
