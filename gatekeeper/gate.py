@@ -12,10 +12,11 @@ from typing import Protocol
 
 from gatekeeper.core.behaviour import BehaviourConfig, Score, client_keys, score_client, signals_for
 from gatekeeper.core.catalog import UNDECLARED_BOT, Classification, Kind
-from gatekeeper.core.decision import Decision
+from gatekeeper.core.decision import Decision, Reason
 from gatekeeper.core.evaluate import Selected, decide, select
 from gatekeeper.core.facts import Identity, RequestFacts
-from gatekeeper.core.model import Policy, RateLimit
+from gatekeeper.core.licence_check import LicenseCheck
+from gatekeeper.core.model import Policy, RateLimit, RequireLicense
 from gatekeeper.core.ratelimit import bucket_key
 from gatekeeper.core.robots import RobotsRules, RobotsVerdict
 from gatekeeper.errors import StoreUnavailable
@@ -28,6 +29,22 @@ class Classifier(Protocol):
     """What the gate needs from the catalog (see `gatekeeper.core.catalog.Catalog`)."""
 
     def classify(self, user_agent: str) -> Classification: ...
+
+
+class LicenseChecker(Protocol):
+    """Checks a licence token for a require_license rule (`gatekeeper.licensing.check`)."""
+
+    async def check(
+        self, facts: RequestFacts, cls: Classification, verification: Verification | None,
+        action: RequireLicense, policy: Policy,
+    ) -> LicenseCheck | None: ...
+
+
+_LICENSE_CHECK_UNAVAILABLE = Decision(
+    "require_license", "license-check", Reason.LICENSE_REQUIRED, forward=False, status=503,
+    headers=(("Content-Type", "application/json"), ("Retry-After", "5")),
+    body=b'{"error":"license_check_unavailable","status":503}\n', would_status=503,
+)
 
 
 class RobotsSource(Protocol):
@@ -63,6 +80,9 @@ class Outcome:
     robots: RobotsVerdict | None = None
     # The behaviour score of a client that claims no crawler; None when not scored.
     behaviour: Score | None = None
+    # What the licence token of a require_license request was found to be (None:
+    # no rule asked for one, or none was sent).
+    license: LicenseCheck | None = None
 
     @property
     def robots_violation(self) -> bool:
@@ -87,6 +107,7 @@ class Gate:
         identity: IdentityVerifier | None = None,
         behaviour: BehaviourConfig | None = None,
         robots: RobotsSource | None = None,
+        licenses: LicenseChecker | None = None,
     ) -> None:
         # `policy` is a getter so a hot reload is seen by the next request.
         self._classifier = classifier
@@ -95,6 +116,7 @@ class Gate:
         self._identity = identity
         self._behaviour = behaviour
         self._robots = robots
+        self._licenses = licenses
         self._local = MemoryStore(max_buckets=10_000)
 
     def attach_robots(self, robots: RobotsSource | None) -> None:
@@ -104,6 +126,7 @@ class Gate:
         cls = self._classifier.classify(facts.user_agent)
         claimed: Classification | None = None
         verification: Verification | None = None
+        license: LicenseCheck | None = None
         if self._identity is None:
             # Without verification a claimed crawler is only a claim.
             identity = Identity.UNKNOWN if cls.crawler is None else Identity.UNVERIFIED
@@ -137,13 +160,30 @@ class Gate:
                 limit = self._local.take_now(key, action.rate, action.burst, facts.now)
                 fallback = True
             decision = decide(policy, selected, limit)
+        elif isinstance(action, RequireLicense):
+            try:
+                license = await self._license(facts, cls, verification, action, policy)
+            except StoreUnavailable:
+                # Fail closed: a licence with limits cannot be granted unmetered.
+                decision = _LICENSE_CHECK_UNAVAILABLE
+            else:
+                decision = decide(policy, selected, license=license, path=facts.path,
+                                  max_price=facts.headers.get("crawler-max-price"))
         else:
             decision = decide(policy, selected)
         if keys is not None and not decision.forward and cls.crawler is not None:
             # A refused crawler that comes back as a browser is switching user agents.
             await self._store.note_refusal(keys, cls.crawler.name, facts.now)
         return Outcome(cls, identity, decision, fallback, selected, verification, claimed,
-                       robots, score)
+                       robots, score, license)
+
+    async def _license(
+        self, facts: RequestFacts, cls: Classification, verification: Verification | None,
+        action: RequireLicense, policy: Policy,
+    ) -> LicenseCheck | None:
+        if self._licenses is None:
+            return None
+        return await self._licenses.check(facts, cls, verification, action, policy)
 
     async def _robots_verdict(
         self, facts: RequestFacts, cls: Classification

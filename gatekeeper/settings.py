@@ -57,6 +57,11 @@ class Settings:
     robots_compliance: bool = True  # read the origin's robots.txt and count violations
     robots_ttl: float = 3600.0  # seconds the origin's robots.txt is cached
     behaviour: bool = True  # score clients that claim no crawler (undeclared bots)
+    # Licensing (docs/licensing.md)
+    state_dir: str = ""  # keys, licensees, ledger; empty: $XDG_STATE_HOME/gatekeeper
+    site_hosts: tuple[str, ...] = ()  # the hosts licence tokens are for; empty: no tokens
+    issuer: str = ""  # the `iss` of issued tokens; empty: https://<first site host>
+    forward_license_tokens: bool = False  # pass `Authorization: License ...` upstream
 
     def with_overrides(self, values: Mapping[str, Any], origin: str) -> Settings:
         """A copy with `values` applied; unknown names or bad types raise SettingsError."""
@@ -87,6 +92,18 @@ class Settings:
                      "ranges_refresh_interval", "robots_ttl"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name}: must not be negative")
+
+    def state_path(self) -> Path:
+        """Where the signing keys, the licensee registry and the ledger live."""
+        if self.state_dir:
+            return Path(self.state_dir)
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "gatekeeper"
+
+    def token_issuer(self) -> str:
+        if self.issuer:
+            return self.issuer
+        return f"https://{self.site_hosts[0]}" if self.site_hosts else ""
 
     def ranges_sources_path(self) -> Path | None:
         """The range-list sources file; None for the packaged one."""

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import CollectorRegistry
 
 from gatekeeper.catalog_loader import load_catalog
@@ -28,6 +30,10 @@ from gatekeeper.edge.proxy import Upstream
 from gatekeeper.edge.server import Listeners, ProxyService
 from gatekeeper.errors import PolicyError, SettingsError
 from gatekeeper.gate import Classifier, Gate
+from gatekeeper.licensing.check import LicenseGate
+from gatekeeper.licensing.keys import Keyring, KeyringError
+from gatekeeper.licensing.licensees import Licensees
+from gatekeeper.licensing.tokens import TokenVerifier
 from gatekeeper.observe import logging as gk_logging
 from gatekeeper.observe.metrics import Metrics
 from gatekeeper.observe.record import Observer, Recorder
@@ -114,6 +120,33 @@ def verification_session() -> aiohttp.ClientSession:
 
 
 @dataclass
+class Licensing:
+    """Licence tokens: the keys that sign them, who may obtain them, the check."""
+
+    keyring: Keyring | None
+    licensees: Licensees
+    gate: LicenseGate | None  # None: `site_hosts` is not set, tokens are not accepted
+
+
+def build_licensing(settings: Settings, store: MemoryStore) -> Licensing:
+    state = settings.state_path()
+    try:
+        keyring: Keyring | None = Keyring.load(state / "keys")
+    except KeyringError:
+        keyring = None  # no key yet: `gatekeeper keys generate`; tokens fail unknown-key
+    licensees = Licensees(state / "licensees.json")
+    if not settings.site_hosts:
+        return Licensing(keyring, licensees, None)
+
+    def public_keys() -> Mapping[str, Ed25519PublicKey]:
+        return keyring.public_keys() if keyring is not None else {}
+
+    verifier = TokenVerifier(public_keys, issuer=settings.token_issuer(),
+                             audience=settings.site_hosts)
+    return Licensing(keyring, licensees, LicenseGate(verifier, licensees.is_revoked, store))
+
+
+@dataclass
 class Components:
     settings: Settings
     catalog: Catalog
@@ -125,6 +158,7 @@ class Components:
     upstream: Upstream
     trusted: TrustedProxies
     identity: Identity
+    licensing: Licensing
 
 
 def build(settings: Settings, registry: CollectorRegistry | None = None) -> Components:
@@ -139,7 +173,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Comp
         classifier = _NoClassification()
     identity = build_identity(settings, catalog, store)
     behaviour = BehaviourConfig() if settings.behaviour else None
-    gate = Gate(classifier, holder.get, store, identity=identity.verifier, behaviour=behaviour)
+    licensing = build_licensing(settings, store)
+    gate = Gate(classifier, holder.get, store, identity=identity.verifier, behaviour=behaviour,
+                licenses=licensing.gate)
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry, catalog.names, store=settings.store)
     recorder = Recorder(metrics, gk_logging.get_logger("gatekeeper"))
@@ -151,7 +187,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Comp
     except ValueError as exc:
         raise SettingsError(str(exc)) from exc
     return Components(settings, catalog, holder, store, gate, registry, recorder, upstream,
-                      trusted, identity)
+                      trusted, identity, licensing)
 
 
 def proxy_app(c: Components, gate: Gate | None = None,

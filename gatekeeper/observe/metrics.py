@@ -49,7 +49,9 @@ from gatekeeper.core.catalog import Kind, Purpose
 from gatekeeper.core.decision import Reason
 from gatekeeper.core.facts import Identity
 from gatekeeper.core.httpsig import SigFailure
+from gatekeeper.core.licence_check import LicenseCheck, LicenseStatus
 from gatekeeper.core.model import Policy, Rule, action_name
+from gatekeeper.licensing.tokens import TokenFailure
 from gatekeeper.verify.identity import CHECK_RESULTS, METHODS, Verification
 from gatekeeper.verify.range_update import UpdateResult
 from gatekeeper.verify.ranges import RangeRegistry
@@ -91,6 +93,8 @@ CHECK_BUCKETS: Final = (0.00001, 0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 SIGNATURE_FAILURES: Final = tuple(f.value for f in SigFailure)
 RECLASSIFIED_BY: Final = ("web-bot-auth", "behaviour")
 RANGE_UPDATE_RESULTS: Final = ("updated", "unchanged", "failed")
+LICENSE_RESULTS: Final = tuple(s.value for s in LicenseStatus)
+TOKEN_FAILURES: Final = frozenset(f.value for f in TokenFailure)
 BEHAVIOUR_REASONS: Final = tuple(r.value for r in BehaviourReason)
 _REASON_CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
@@ -208,6 +212,10 @@ class Metrics:
         self._bad_reasons: dict[str, Counter] = {}
         self._series: dict[tuple[object, ...], RequestSeries] = {}
         self._dirty: list[RequestSeries] = []
+        # Label sets for licensed traffic: the serving policy's licences and the
+        # registered licensees (set by the wiring); anything else is "other".
+        self.licenses: frozenset[str] = frozenset()
+        self.licensees: frozenset[str] = frozenset()
         self._status_counts = [0] * (len(STATUS_CLASSES) + 1)
         # Registered before every metric, so a collection flushes before it reads them.
         registry.register(_FlushFirst(self))  # type: ignore[arg-type]
@@ -329,6 +337,21 @@ class Metrics:
             "gatekeeper_undeclared_bot_reasons_total",
             "Reasons present when a client claiming no crawler was scored an undeclared "
             "bot, one count per reason.", ["reason"], registry=registry,
+        )
+        self.license_checks = Counter(
+            "gatekeeper_license_checks_total",
+            "Licence tokens presented to require_license rules, by result and reason.",
+            ["result", "reason"], registry=registry,
+        )
+        self.licensed_requests = Counter(
+            "gatekeeper_licensed_requests_total",
+            "Requests served under a licence, by licence and licensee.",
+            ["license", "licensee"], registry=registry,
+        )
+        self.licensed_bytes = Counter(
+            "gatekeeper_licensed_bytes_total",
+            "Response body bytes served under a licence, by licence and licensee.",
+            ["license", "licensee"], registry=registry,
         )
         self.range_updates = Counter(
             "gatekeeper_crawler_ranges_updates_total",
@@ -474,6 +497,20 @@ class Metrics:
         if failure is not None:
             self._sig_failures.get(failure, self._sig_failures[SigFailure.MALFORMED]).inc()
 
+    def license_checked(self, check: LicenseCheck) -> None:
+        reason = check.failure if check.failure in TOKEN_FAILURES else (
+            "" if not check.failure else OTHER)
+        self.license_checks.labels(_closed(check.status.value, LICENSE_RESULTS), reason).inc()
+
+    def licensed(self, license: str, licensee: str, sent: int) -> None:
+        """`licensee` is a label only for registered licensees (`licensees`), and the
+        licence only for the serving policy's licences: both sets are bounded."""
+        lic = license if license in self.licenses else OTHER
+        who = licensee if licensee in self.licensees else OTHER
+        self.licensed_requests.labels(lic, who).inc()
+        if sent:
+            self.licensed_bytes.labels(lic, who).inc(sent)
+
     def robots_violation(self, crawler: str) -> None:
         self.robots_violations.labels(self.crawler_label(crawler)).inc()
 
@@ -551,6 +588,7 @@ class Metrics:
         self._series.clear()
         self.policy_info.clear()
         self.policy_info.labels(policy.source, policy.mode.value).set(1)
+        self.licenses = frozenset(lic.name for lic in policy.licenses)
 
 
 def _seconds_since(stamp: float) -> Callable[[], float]:

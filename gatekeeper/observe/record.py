@@ -24,9 +24,11 @@ from structlog.typing import FilteringBoundLogger
 
 from gatekeeper.core.decision import Reason
 from gatekeeper.core.facts import RequestFacts
-from gatekeeper.core.model import Policy
+from gatekeeper.core.licence_check import LicenseCheck
+from gatekeeper.core.model import License, Policy
 from gatekeeper.errors import Problem
 from gatekeeper.gate import Outcome
+from gatekeeper.ledger.record import UsageRecord
 from gatekeeper.observe import logging as gk_logging
 from gatekeeper.observe.metrics import NO_PURPOSE, Metrics
 from gatekeeper.verify.range_update import UpdateResult
@@ -63,6 +65,12 @@ class Observer(Protocol):
         ...
 
 
+class UsageSink(Protocol):
+    """Where licensed requests are written (`gatekeeper.ledger.file.FileLedger`)."""
+
+    def append(self, record: UsageRecord) -> None: ...
+
+
 class Recorder:
     """The Observer: metrics into `metrics`, one line per request into the log.
 
@@ -85,6 +93,9 @@ class Recorder:
         self._fallbacks_unreported = 0
         self._fallback_warned_at = float("-inf")
         self._clock = clock  # paces the store warning
+        # Set by the wiring once the ledger is open and the licence gate exists.
+        self.ledger: UsageSink | None = None
+        self.count_licensed_bytes: Callable[[LicenseCheck, int, float], None] | None = None
 
     def observe(self, obs: Observation) -> None:
         outcome = obs.outcome
@@ -104,6 +115,11 @@ class Recorder:
             m.identity_checked(verification, claimed)
             if outcome.claimed is not None and verification.signed_as is not None:
                 m.reclassified("web-bot-auth", cls.name)
+        license = outcome.license
+        if license is not None:
+            m.license_checked(license)
+            if decision.reason == Reason.LICENSED and license.license is not None:
+                self._licensed(obs, license, license.license)
         score = outcome.behaviour
         if score is not None and score.undeclared:
             m.reclassified("behaviour", cls.name)
@@ -114,6 +130,23 @@ class Recorder:
             self.store_fallback()
         if self._requests.enabled:
             self._requests.write("request", _request_fields(obs))
+
+    def _licensed(self, obs: Observation, check: LicenseCheck, lic: License) -> None:
+        """A request served under a licence: metered, and written to the ledger."""
+        self.metrics.licensed(lic.name, check.licensee, obs.bytes_sent)
+        if self.count_licensed_bytes is not None:
+            self.count_licensed_bytes(check, obs.bytes_sent, obs.facts.now)
+        if self.ledger is None:
+            return
+        charged = check.charged
+        crawler = obs.outcome.classification.name
+        self.ledger.append(UsageRecord(
+            time=obs.facts.now, licensee=check.licensee, license=lic.name, crawler=crawler,
+            path=obs.facts.path, status=obs.status, bytes=obs.bytes_sent,
+            price=str(charged.amount) if charged is not None else "",
+            currency=charged.currency if charged is not None else "",
+            token_id=check.token_id,
+        ))
 
     def bad_request(self, reason: str, client_ip: str, method: str, status: int) -> None:
         self.metrics.bad_request(reason)

@@ -26,6 +26,11 @@ class Store(Protocol):
         """
         ...
 
+    async def incr(self, key: str, amount: int, ttl: float, now: float) -> int:
+        """Add `amount` to the counter `key` (created at 0, forgotten `ttl` seconds after
+        its creation) and return the new total: licence quotas per period."""
+        ...
+
     async def observe_client(
         self, keys: tuple[str, str], signals: Signals, now: float, cfg: BehaviourConfig
     ) -> tuple[Window, Window]:

@@ -26,6 +26,8 @@ class MemoryStore:
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._max_seen = max_seen
         self._windows = WindowTable(max_clients)
+        self._counters: OrderedDict[str, tuple[int, float]] = OrderedDict()  # key -> (n, expiry)
+        self._max_counters = max_buckets
 
     async def take(self, key: str, rate: float, burst: int, now: float) -> LimitResult:
         return self.take_now(key, rate, burst, now)
@@ -56,6 +58,20 @@ class MemoryStore:
             seen.popitem(last=False)
         return True
 
+    async def incr(self, key: str, amount: int, ttl: float, now: float) -> int:
+        return self.incr_now(key, amount, ttl, now)
+
+    def incr_now(self, key: str, amount: int, ttl: float, now: float) -> int:
+        counters = self._counters
+        known = counters.get(key)
+        total, expiry = (0, now + ttl) if known is None or known[1] <= now else known
+        total += amount
+        counters[key] = (total, expiry)
+        counters.move_to_end(key)
+        if len(counters) > self._max_counters:
+            counters.popitem(last=False)
+        return total
+
     async def observe_client(
         self, keys: tuple[str, str], signals: Signals, now: float, cfg: BehaviourConfig
     ) -> tuple[Window, Window]:
@@ -70,6 +86,7 @@ class MemoryStore:
     async def close(self) -> None:
         self._buckets.clear()
         self._seen.clear()
+        self._counters.clear()
 
     def __len__(self) -> int:
         return len(self._buckets)

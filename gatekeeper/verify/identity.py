@@ -62,6 +62,7 @@ class Verification:
     checks: tuple[Check, ...] = ()
     signature_failure: str | None = None  # why a presented signature failed (metric label)
     signed_as: Crawler | None = None  # the crawler a valid signature speaks for
+    key_thumbprint: str | None = None  # the Web Bot Auth key that signed, when one did
 
 
 CLAIMS_NOTHING = Verification(Identity.UNKNOWN, detail="the user agent claims no crawler")
@@ -135,7 +136,7 @@ class IdentityVerifier:
             return Verification(
                 Identity.SIGNED, WEB_BOT_AUTH,
                 f"Web Bot Auth signature by key {result.keyid} of {result.agent}",
-                tuple(checks), signed_as=signer,
+                tuple(checks), signed_as=signer, key_thumbprint=result.keyid,
             )
         reason = result.reason or SigFailure.MALFORMED
         outcome = "unknown" if reason in _INCONCLUSIVE else "refuted"

@@ -34,3 +34,11 @@ async def test_first_seen_is_true_once_then_false_until_expiry(store: Store) -> 
     assert await store.first_seen("conf|nonce-2", ttl=60.0, now=4010.0)
     # Remembered for its ttl only: afterwards the key is new again.
     assert await store.first_seen("conf|nonce-1", ttl=60.0, now=4061.0)
+
+
+async def test_counters_add_up_and_start_again_after_their_ttl(store: Store) -> None:
+    assert await store.incr("conf|quota", 1, ttl=60.0, now=5000.0) == 1
+    assert await store.incr("conf|quota", 5, ttl=60.0, now=5030.0) == 6
+    assert await store.incr("conf|other", 2, ttl=60.0, now=5030.0) == 2
+    # The window is fixed from the counter's creation, not slid by each increment.
+    assert await store.incr("conf|quota", 1, ttl=60.0, now=5061.0) == 1

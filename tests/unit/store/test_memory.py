@@ -7,6 +7,7 @@ from tests.conformance.store_suite import (  # noqa: F401  (run the shared table
     test_bucket_allows_burst_then_denies,
     test_bucket_refills_over_time,
     test_buckets_are_independent_per_key,
+    test_counters_add_up_and_start_again_after_their_ttl,
     test_first_seen_is_true_once_then_false_until_expiry,
 )
 
