@@ -11,7 +11,13 @@ COPY gatekeeper ./gatekeeper
 # The embedded default policy is a symlink into policies/; installing copies its content.
 COPY policies ./policies
 RUN pip install ".[speed]" \
- && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gatekeeper
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gatekeeper \
+ && mkdir -p /var/lib/gatekeeper /var/cache/gatekeeper \
+ && chown gatekeeper /var/lib/gatekeeper /var/cache/gatekeeper
+# Signing keys, licensees and the usage ledger: mount a volume here to keep them.
+ENV GATEKEEPER_STATE_DIR=/var/lib/gatekeeper \
+    GATEKEEPER_RANGES_CACHE_DIR=/var/cache/gatekeeper/ip-ranges
+VOLUME ["/var/lib/gatekeeper"]
 
 USER gatekeeper
 # 8080: proxied traffic. 9108: the admin listener (/metrics, /healthz, /readyz).

@@ -190,12 +190,21 @@ def clean_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("GATEKEEPER_")}
 
 
+def state_dir() -> str:
+    """A state directory (keys, licensees, ledger) of one Gatekeeper process: each
+    holds its ledger's lock, so no two may share one. Under the system's temporary
+    directory, like the rest of a run's scratch files."""
+    return tempfile.mkdtemp(prefix="gk-bench-state-")
+
+
 @contextlib.contextmanager
 def server(cmd: list[str], port: int, env: dict[str, str] | None = None,
            ) -> Iterator[LogTap]:
     """Start `cmd`, wait until it listens on `port`, stop it (SIGTERM) afterwards."""
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env={**clean_environ(), **(env or {})})
+                            stderr=subprocess.STDOUT,
+                            env={**clean_environ(), "GATEKEEPER_STATE_DIR": state_dir(),
+                                 **(env or {})})
     assert proc.stdout is not None
     tap = LogTap(proc.stdout)
     try:

@@ -1,4 +1,5 @@
-"""Command line: `gatekeeper run | check | explain | crawlers | schema | --version`.
+"""Command line: `gatekeeper run | check | explain | crawlers | keys | licensee | token |
+ledger | schema | --version`.
 
 Parses arguments, resolves settings and hands over to `wiring`; no policy
 logic lives here.
@@ -72,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--config", help="settings YAML file")
 
     sub.add_parser("schema", help="print the policy JSON Schema")
+    from gatekeeper import licensing_cli
+
+    licensing_cli.add_parsers(sub)
     return p
 
 
@@ -86,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _explain(args)
         if args.command == "crawlers":
             return _crawlers(args)
+        if args.command in ("keys", "licensee", "token", "ledger"):
+            from gatekeeper import licensing_cli
+
+            return licensing_cli.run(args)
         return _schema()
     except GatekeeperError as exc:
         print(f"gatekeeper: error: {exc}", file=sys.stderr)

@@ -21,18 +21,22 @@ from prometheus_client import CollectorRegistry
 from gatekeeper.catalog_loader import load_catalog
 from gatekeeper.core.behaviour import BehaviourConfig
 from gatekeeper.core.catalog import UNKNOWN, Catalog, Classification
+from gatekeeper.core.licence_check import LicenseCheck
 from gatekeeper.core.model import Policy
 from gatekeeper.edge import server
 from gatekeeper.edge.admin import UpstreamProbe, build_admin_app
 from gatekeeper.edge.client_ip import TrustedProxies
+from gatekeeper.edge.documents import Documents, Endpoints
 from gatekeeper.edge.origin_robots import OriginRobots
 from gatekeeper.edge.proxy import Upstream
 from gatekeeper.edge.server import Listeners, ProxyService
 from gatekeeper.errors import PolicyError, SettingsError
 from gatekeeper.gate import Classifier, Gate
+from gatekeeper.ledger.file import FileLedger
 from gatekeeper.licensing.check import LicenseGate
 from gatekeeper.licensing.keys import Keyring, KeyringError
 from gatekeeper.licensing.licensees import Licensees
+from gatekeeper.licensing.server import licence_server_routes
 from gatekeeper.licensing.tokens import TokenVerifier
 from gatekeeper.observe import logging as gk_logging
 from gatekeeper.observe.metrics import Metrics
@@ -143,7 +147,12 @@ def build_licensing(settings: Settings, store: MemoryStore) -> Licensing:
 
     verifier = TokenVerifier(public_keys, issuer=settings.token_issuer(),
                              audience=settings.site_hosts)
-    return Licensing(keyring, licensees, LicenseGate(verifier, licensees.is_revoked, store))
+    def active(subject: str) -> bool:
+        licensee = licensees.get(subject)
+        return licensee is not None and not licensee.disabled
+
+    return Licensing(keyring, licensees,
+                     LicenseGate(verifier, licensees.is_revoked, store, active))
 
 
 @dataclass
@@ -209,8 +218,30 @@ def proxy_app(c: Components, gate: Gate | None = None,
         for source in robots:
             await source.close()
 
+    keyring = c.licensing.keyring
+    documents = Documents(c.holder.get, lambda: keyring.jwks() if keyring is not None else None,
+                          c.settings.license_server_url or c.holder.get().token_url)
     return ProxyService(gate, observer or c.recorder, c.settings, c.upstream, c.trusted,
-                        on_session=attach, on_close=detach)
+                        on_session=attach, on_close=detach, documents=documents,
+                        endpoints=licence_endpoints(c))
+
+
+LICENCE_SERVER_PREFIX = "/.well-known/gatekeeper"
+
+
+def licence_endpoints(c: Components) -> Endpoints | None:
+    """The licence server's token and introspection endpoints on the main listener,
+    where crawler vendors reach them; None until there is a key and the site's hosts."""
+    keyring, settings = c.licensing.keyring, c.settings
+    if keyring is None or not settings.site_hosts:
+        return None
+    router = web.UrlDispatcher()
+    licence_server_routes(router, policy=c.holder.get, licensees=c.licensing.licensees,
+                          keyring=keyring, issuer=settings.token_issuer(),
+                          audience=settings.site_hosts, trusted_proxies=c.trusted,
+                          prefix=LICENCE_SERVER_PREFIX, jwks_path=None)
+    paths = frozenset({LICENCE_SERVER_PREFIX + "/token", LICENCE_SERVER_PREFIX + "/introspect"})
+    return Endpoints(router, paths)
 
 
 def admin_app(c: Components) -> web.Application:
@@ -250,6 +281,7 @@ async def serve(c: Components) -> None:
     refresher = range_refresher(c)
     if refresher is not None:
         refresher.start()
+    ledger = await open_ledger(c)
 
     def started(listeners: Listeners) -> None:
         (lh, lp), (ah, ap) = listeners.addresses
@@ -266,9 +298,35 @@ async def serve(c: Components) -> None:
         await asyncio.gather(watcher, return_exceptions=True)
         if refresher is not None:
             await refresher.stop()
+        # After the listeners drained: every licensed request that finished is in it.
+        c.recorder.ledger = None
+        await ledger.close()
         await c.identity.close()
         await c.store.close()
         log.info("stopped")
+
+
+async def open_ledger(c: Components) -> FileLedger:
+    """The usage ledger in the state directory, appended to by the recorder."""
+    state = c.settings.state_path()
+    state.mkdir(parents=True, exist_ok=True)
+    ledger = FileLedger(state / "ledger.jsonl")
+    await ledger.start()
+    c.recorder.ledger = ledger
+    c.recorder.metrics.ledger_opened(lambda: ledger.durable_seq)
+    gate = c.licensing.gate
+    if gate is not None:
+        pending: set[asyncio.Future[None]] = set()
+
+        def count_bytes(check: LicenseCheck, sent: int, now: float) -> None:
+            if check.license is not None and sent:
+                task = asyncio.ensure_future(
+                    gate.record_bytes(check.license, check.licensee, sent, now))
+                pending.add(task)  # held until done, so it is not collected mid-flight
+                task.add_done_callback(pending.discard)
+        c.recorder.count_licensed_bytes = count_bytes
+    c.recorder.metrics.licensees = frozenset(x.id for x in c.licensing.licensees.list())
+    return ledger
 
 
 def range_refresher(c: Components) -> RangeRefresher | None:

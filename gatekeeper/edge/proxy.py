@@ -32,6 +32,7 @@ from yarl import URL
 from gatekeeper.core.facts import RequestFacts
 from gatekeeper.edge import responses
 from gatekeeper.edge.client_ip import TrustedProxies, client_ip
+from gatekeeper.edge.documents import Documents, Endpoints
 from gatekeeper.edge.headers import (
     body_framing,
     downstream_response_headers,
@@ -122,13 +123,18 @@ class Proxy:
         upstream: Upstream,
         trusted: TrustedProxies,
         session: aiohttp.ClientSession,
+        documents: Documents | None = None,
+        endpoints: Endpoints | None = None,
     ) -> None:
         self._gate = gate
+        self._documents = documents
+        self._endpoints = endpoints
         self._observer = observer
         self._upstream = upstream
         self._trusted = trusted
         self._session = session
         self._max_body = settings.max_body_size
+        self._strip_tokens = not settings.forward_license_tokens
         self._body_timeout = settings.client_body_timeout
         self._handshake_timeout = settings.upstream_connect_timeout + settings.upstream_read_timeout
         self._timeout = aiohttp.ClientTimeout(
@@ -173,6 +179,16 @@ class Proxy:
         except BadRequest as exc:
             self._observer.bad_request(exc.reason, address.ip, request.method, exc.status)
             return self._error(exc.status, exc.reason)
+        if self._endpoints is not None:
+            answered = await self._endpoints.answer(request, facts.path)
+            if answered is not None:
+                return answered
+        if self._documents is not None:
+            document = self._documents.answer(
+                request.method, facts.path, facts.query, facts.host, request.scheme,
+                request.headers.get("Accept", ""))
+            if document is not None:
+                return document
         try:
             outcome = await self._gate.decide(facts)
         except Exception:
@@ -238,7 +254,11 @@ class Proxy:
         headers = upstream_request_headers(
             request.headers, client_ip=facts.client_ip, host=facts.host,
             proto=request.scheme, forwarded_for_chain=chain,
+            strip_license_tokens=self._strip_tokens,
         )
+        if outcome.license is not None and self._strip_tokens:
+            # The gate read a licence token here (maybe as Bearer): it was for the gate.
+            headers.popall("Authorization", None)
         body: _Body | None = None
         data: AsyncIterator[bytes] | None = None
         if request.body_exists:

@@ -29,6 +29,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from gatekeeper.edge import responses
 from gatekeeper.edge.client_ip import TrustedProxies
+from gatekeeper.edge.documents import Documents, Endpoints
 from gatekeeper.edge.proxy import SKIP_AUTO_HEADERS, Proxy, Upstream
 from gatekeeper.errors import SettingsError
 from gatekeeper.gate import Gate
@@ -218,6 +219,8 @@ class ProxyService:
         *,
         on_session: Callable[[aiohttp.ClientSession], Awaitable[None] | None] | None = None,
         on_close: Callable[[], Awaitable[None]] | None = None,
+        documents: Documents | None = None,
+        endpoints: Endpoints | None = None,
     ) -> None:
         self._gate = gate
         self._observer = observer
@@ -229,6 +232,8 @@ class ProxyService:
         # given the session once it exists, and `on_close` runs before it closes.
         self._on_session = on_session
         self._on_close = on_close
+        self._documents = documents
+        self._endpoints = endpoints
         self.proxy: Proxy | None = None
 
     async def setup(self) -> web.BaseRunner:
@@ -240,7 +245,7 @@ class ProxyService:
             if pending is not None:
                 await pending
         proxy = Proxy(self._gate, self._observer, settings, self._upstream, self._trusted,
-                      self._session)
+                      self._session, self._documents, self._endpoints)
         self.proxy = proxy
         runner = _ProxyRunner(ProxyServer(proxy, self._observer, options), proxy.shutdown,
                               settings.shutdown_timeout)

@@ -51,10 +51,13 @@ class LicenseGate:
     """
 
     def __init__(self, verifier: TokenVerifier, revoked: Callable[[str], bool],
-                 store: Store) -> None:
+                 store: Store, active: Callable[[str], bool] | None = None) -> None:
         self._verifier = verifier
         self._revoked = revoked
         self._store = store
+        # Whether the token's licensee is still registered and enabled: disabling a
+        # licensee stops its tokens at once, not when they expire.
+        self._active = active
 
     async def check(
         self, facts: RequestFacts, cls: Classification, verification: Verification | None,
@@ -71,6 +74,9 @@ class LicenseGate:
         if self._revoked(claims.token_id):
             return LicenseCheck(LicenseStatus.INVALID, TokenFailure.REVOKED.value,
                                 "the operator revoked this token", token_id=claims.token_id)
+        if self._active is not None and not self._active(claims.subject):
+            return LicenseCheck(LicenseStatus.INVALID, TokenFailure.REVOKED.value,
+                                "the licensee is disabled or unknown", token_id=claims.token_id)
         lic = next((lic for lic in policy.licenses if lic.name == claims.license), None)
         if lic is None or lic.name not in action.any_of:
             return LicenseCheck(LicenseStatus.INSUFFICIENT, TokenFailure.UNKNOWN_LICENSE.value,

@@ -353,6 +353,12 @@ class Metrics:
             "Response body bytes served under a licence, by licence and licensee.",
             ["license", "licensee"], registry=registry,
         )
+        self.ledger_last_seq = Gauge(
+            "gatekeeper_ledger_records",
+            "Usage-ledger records written to disk (the newest record's sequence number): "
+            "compare with `gatekeeper ledger verify` to detect a ledger cut short.",
+            registry=registry,
+        )
         self.range_updates = Counter(
             "gatekeeper_crawler_ranges_updates_total",
             "Range-list refresh attempts, by list and result.", ["list", "result"],
@@ -510,6 +516,9 @@ class Metrics:
         self.licensed_requests.labels(lic, who).inc()
         if sent:
             self.licensed_bytes.labels(lic, who).inc(sent)
+
+    def ledger_opened(self, durable_seq: Callable[[], int]) -> None:
+        self.ledger_last_seq.set_function(lambda: float(durable_seq()))
 
     def robots_violation(self, crawler: str) -> None:
         self.robots_violations.labels(self.crawler_label(crawler)).inc()

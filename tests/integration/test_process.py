@@ -52,7 +52,9 @@ def run_gatekeeper(tmp_path: Path) -> Iterator[object]:
             [sys.executable, "-m", "gatekeeper", "run", "--upstream", upstream,
              "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}", *extra],
             stdout=log.open("wb"), stderr=subprocess.STDOUT,
-            env={**os.environ, "GATEKEEPER_POLICY_WATCH_INTERVAL": "0.2"},
+            env={**os.environ, "GATEKEEPER_POLICY_WATCH_INTERVAL": "0.2",
+                 # Keys, licensees and the ledger of this process only.
+                 "GATEKEEPER_STATE_DIR": str(tmp_path / f"state-{len(procs)}")},
         )
         procs.append(proc)
         deadline = time.monotonic() + 15

@@ -1,0 +1,1 @@
+"""Licences sold to crawler vendors: signed tokens and the keys that sign them."""

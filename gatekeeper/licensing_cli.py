@@ -1,0 +1,219 @@
+"""`gatekeeper keys|licensee|token|ledger ...`: the operator's licensing commands.
+
+Each works on the files of the state directory (`state_dir`): the signing keys,
+the licensee registry and the usage ledger, which the running proxy reads too.
+Errors are `GatekeeperError`s with what to do next; secrets and tokens are printed
+only where the operator asked for them (`licensee add`, `token issue`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+import time
+from typing import Any
+
+from gatekeeper.errors import GatekeeperError
+from gatekeeper.settings import Settings, resolve
+
+
+def add_parsers(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="the keys that sign licence tokens")
+    ksub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (("generate", "create a signing key (the newest active key signs)"),
+                       ("list", "show every key"), ("retire", "stop signing with a key")):
+        p = ksub.add_parser(name, help=text)
+        p.add_argument("--config", help="settings YAML file")
+        if name == "retire":
+            p.add_argument("kid")
+
+    lic = sub.add_parser("licensee", help="crawler vendors allowed to obtain licence tokens")
+    lsub = lic.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = lsub.add_parser("add", help="register a licensee; prints its secret once")
+    add.add_argument("id")
+    add.add_argument("--name", required=True)
+    add.add_argument("--crawler", required=True, help="catalog crawler its tokens are bound to")
+    add.add_argument("--license", action="append", required=True, dest="licenses",
+                     help="a policy licence it may obtain (repeatable)")
+    add.add_argument("--key-thumbprint", help="bind tokens to this Web Bot Auth key too")
+    for name in ("list", "disable", "enable"):
+        p = lsub.add_parser(name, help=f"{name} licensees")
+        if name != "list":
+            p.add_argument("id")
+    for p in (add, *[lsub.choices[n] for n in ("list", "disable", "enable")]):
+        p.add_argument("--config", help="settings YAML file")
+        p.add_argument("--policy", help="policy file (for checking licence names)")
+
+    tok = sub.add_parser("token", help="licence tokens, issued by hand or inspected")
+    tsub = tok.add_subparsers(dest="action", required=True, metavar="ACTION")
+    issue = tsub.add_parser("issue", help="issue a token for a licensee without the server")
+    issue.add_argument("licensee")
+    issue.add_argument("--license", required=True)
+    issue.add_argument("--days", type=float, default=None, help="default: the licence's")
+    inspect = tsub.add_parser("inspect", help="decode and verify a token (from stdin or arg)")
+    inspect.add_argument("token", nargs="?")
+    revoke = tsub.add_parser("revoke", help="revoke a token by its id (jti)")
+    revoke.add_argument("token_id")
+    revoke.add_argument("--expires", type=float, default=None,
+                        help="unix time it expires (default: 400 days from now)")
+    tsub.add_parser("list", help="list revoked token ids")
+    for p in tsub.choices.values():
+        p.add_argument("--config", help="settings YAML file")
+        p.add_argument("--policy", help="policy file")
+
+    led = sub.add_parser("ledger", help="the usage ledger of licensed requests")
+    dsub = led.add_subparsers(dest="action", required=True, metavar="ACTION")
+    export = dsub.add_parser("export", help="aggregate licensed usage")
+    export.add_argument("--since", help="ISO date or datetime, UTC (inclusive)")
+    export.add_argument("--until", help="ISO date or datetime, UTC (exclusive)")
+    export.add_argument("--by", choices=["licensee", "licence", "license", "section"],
+                        default="licensee")
+    export.add_argument("--format", choices=["csv", "json"], default="csv")
+    dsub.add_parser("verify", help="check the hash chain (exit 1 when broken)")
+    for p in dsub.choices.values():
+        p.add_argument("--config", help="settings YAML file")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = resolve(args.config, {"policy": getattr(args, "policy", None)})
+    handler = {"keys": _keys, "licensee": _licensee, "token": _token, "ledger": _ledger}
+    return handler[args.command](args, settings)
+
+
+def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    from gatekeeper.licensing.keys import Keyring
+
+    directory = settings.state_path() / "keys"
+    if args.action == "generate":
+        kid = Keyring.generate(directory)
+        print(f"generated key {kid} in {directory}; it signs new tokens from now on")
+        return 0
+    keyring = Keyring.load(directory)
+    if args.action == "retire":
+        keyring.retire(args.kid)
+        print(f"retired {args.kid}: it signs nothing new; its tokens verify until it is removed")
+        return 0
+    for info in keyring.describe():
+        state = "retired" if info.retired is not None else "active"
+        print(f"{info.kid}  {state}  created {_iso(info.created)}")
+    return 0
+
+
+def _licensee(args: argparse.Namespace, settings: Settings) -> int:
+    from gatekeeper.licensing.licensees import Licensees
+
+    registry = Licensees(settings.state_path() / "licensees.json")
+    if args.action == "add":
+        _check_names(settings, args.crawler, args.licenses)
+        secret = registry.add(args.id, args.name, args.crawler, args.licenses,
+                              args.key_thumbprint)
+        print(f"added licensee {args.id}; its client secret (shown once):")
+        print(secret)
+        return 0
+    if args.action == "disable":
+        registry.disable(args.id)
+    elif args.action == "enable":
+        registry.enable(args.id)
+    else:
+        for x in registry.list():
+            state = "disabled" if x.disabled else "enabled"
+            print(f"{x.id}  {state}  {x.name}  crawler={x.crawler}  "
+                  f"licences={','.join(x.licenses)}")
+        return 0
+    print(f"{args.id}: {args.action}d")
+    return 0
+
+
+def _check_names(settings: Settings, crawler: str, licenses: list[str]) -> None:
+    from gatekeeper.catalog_loader import load_catalog
+    from gatekeeper.wiring import load_policy
+
+    catalog = load_catalog(settings.catalog or None)
+    if catalog.get(crawler) is None:
+        raise GatekeeperError(f"--crawler: {crawler!r} is not a catalog crawler")
+    policy = load_policy(settings.policy or None, catalog)
+    offered = {lic.name for lic in policy.licenses}
+    unknown = [name for name in licenses if name not in offered]
+    if unknown:
+        raise GatekeeperError(f"--license: {', '.join(unknown)} not declared in the policy "
+                              f"({settings.policy or 'the embedded default'})")
+
+
+def _token(args: argparse.Namespace, settings: Settings) -> int:
+    from gatekeeper.licensing.keys import Keyring
+    from gatekeeper.licensing.licensees import Licensees
+    from gatekeeper.licensing.tokens import LicenseClaims, TokenRejected, TokenVerifier, issue_token
+
+    state = settings.state_path()
+    registry = Licensees(state / "licensees.json")
+    if args.action == "revoke":
+        expires = args.expires if args.expires is not None else time.time() + 400 * 86400
+        registry.revoke(args.token_id, expires)
+        print(f"revoked {args.token_id}")
+        return 0
+    if args.action == "list":
+        for r in registry.revocations():
+            print(f"{r.token_id}  revoked until {_iso(r.expires)}")
+        return 0
+    if not settings.site_hosts:
+        raise GatekeeperError("site_hosts is not set: tokens name the site's hosts")
+    keyring = Keyring.load(state / "keys")
+    if args.action == "inspect":
+        token = args.token or sys.stdin.read().strip()
+        verifier = TokenVerifier(keyring.public_keys, issuer=settings.token_issuer(),
+                                 audience=settings.site_hosts)
+        result = verifier.verify(token, settings.site_hosts[0], time.time())
+        if isinstance(result, TokenRejected):
+            print(f"refused: {result.reason.value}: {result.detail}")
+            return 1
+        c = result.claims
+        print(f"valid: licensee {c.subject}, licence {c.license}, crawler {c.crawler}, "
+              f"usages {','.join(c.usages)}, id {c.token_id}, expires {_iso(c.expires)}")
+        return 0
+    licensee = registry.get(args.licensee)
+    if licensee is None or licensee.disabled:
+        raise GatekeeperError(f"{args.licensee!r} is not an enabled licensee")
+    _check_names(settings, licensee.crawler, [args.license])
+    from gatekeeper.catalog_loader import load_catalog
+    from gatekeeper.wiring import load_policy
+
+    policy = load_policy(settings.policy or None, load_catalog(settings.catalog or None))
+    lic = next(x for x in policy.licenses if x.name == args.license)
+    now = time.time()
+    lifetime = args.days * 86400 if args.days is not None else lic.validity
+    claims = LicenseClaims(
+        issuer=settings.token_issuer(), audience=tuple(settings.site_hosts),
+        subject=licensee.id, crawler=licensee.crawler, crawler_key=licensee.key_thumbprint,
+        license=lic.name, usages=lic.usages, paths=(), not_before=now,
+        expires=now + lifetime, token_id=secrets.token_urlsafe(12),
+    )
+    print(issue_token(claims, keyring.active_signing_key()))
+    return 0
+
+
+def _ledger(args: argparse.Namespace, settings: Settings) -> int:
+    from gatekeeper.ledger.export import By, aggregate, parse_bound, to_csv, to_json
+    from gatekeeper.ledger.file import read, verify
+
+    path = settings.state_path() / "ledger.jsonl"
+    if not path.exists():
+        raise GatekeeperError(f"{path}: no ledger yet (nothing licensed has been served)")
+    if args.action == "verify":
+        result = verify(path)
+        if result.ok:
+            print(f"{path}: ok, {result.records} records, last hash {result.last_hash}")
+            return 0
+        print(f"{path}: broken at record {result.first_bad_seq}: {result.reason}: "
+              f"{result.detail}")
+        return 1
+    since = parse_bound(args.since) if args.since else None
+    until = parse_bound(args.until) if args.until else None
+    by: By = "license" if args.by == "licence" else args.by
+    rows = aggregate(read(path, since, until), by)
+    sys.stdout.write(to_csv(rows) if args.format == "csv" else to_json(rows) + "\n")
+    return 0
+
+
+def _iso(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
