@@ -52,5 +52,6 @@ fi
 .venv/bin/python bench/http_bench.py "$@"
 echo
 # bench/ is outside the test suite's testpaths: only this line runs it.
-.venv/bin/python -m pytest bench/test_bench_core.py --benchmark-only -q -p no:cacheprovider \
+.venv/bin/python -m pytest bench/test_bench_core.py bench/test_bench_behaviour.py \
+    bench/test_bench_tokens.py --benchmark-only -q -p no:cacheprovider \
     --benchmark-columns=min,median,mean,rounds --benchmark-sort=name

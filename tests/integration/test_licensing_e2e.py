@@ -5,6 +5,7 @@ ledger. Everything over real sockets; keys, licensees and the ledger in files.""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -103,11 +104,15 @@ async def test_a_crawler_vendor_licenses_fetches_and_is_metered(
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEKEEPER_")}
     env["GATEKEEPER_STATE_DIR"] = str(state)
     cli = [sys.executable, "-m", "gatekeeper", "ledger"]
-    checked = subprocess.run([*cli, "verify"], capture_output=True, text=True, env=env,
-                             timeout=60, check=False)
+
+    def ledger_command(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, *args], capture_output=True, text=True, env=env,
+                              timeout=60, check=False)
+
+    checked = await asyncio.to_thread(ledger_command, "verify")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    exported = subprocess.run([*cli, "export", "--by", "licensee", "--format", "json"],
-                              capture_output=True, text=True, env=env, timeout=60, check=True)
+    exported = await asyncio.to_thread(ledger_command, "export", "--by", "licensee",
+                                       "--format", "json")
     rows = json.loads(exported.stdout)
     assert rows[0]["key"] == "acme"
     assert rows[0]["count"] == 1
