@@ -8,7 +8,11 @@ same baseline as the core benchmark (building the request's `RequestFacts`):
   for thousands of requests): a dictionary lookup plus the time and audience checks;
 - verify, uncached: a token seen for the first time: the Ed25519 signature check and
   the claims decoding;
-- scope check: crawler binding, licence paths and usages.
+- scope check: crawler binding, licence paths and usages;
+- reading the token from the `Authorization` header.
+
+The verifier reads its keys the way the wiring does, through `Keyring.public_keys`
+(a fresh copy of a small dict per call), so the cached figure includes that call.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ from gatekeeper.licensing.tokens import (
     LicenseClaims,
     SigningKey,
     TokenVerifier,
+    VerifiedToken,
     issue_token,
     scope_check,
+    token_from_headers,
 )
 from gatekeeper.policy.loader import load_policy_text
 
@@ -60,7 +66,7 @@ def token(token_id: str) -> str:
 
 
 def verifier(cache_size: int = 10_000) -> TokenVerifier:
-    return TokenVerifier(lambda: PUBLIC, issuer="https://news.example",
+    return TokenVerifier(lambda: dict(PUBLIC), issuer="https://news.example",
                          audience=("news.example",), cache_size=cache_size)
 
 
@@ -89,7 +95,21 @@ def test_verify_uncached(measure: Measure) -> None:
 
 def test_scope_check(measure: Measure) -> None:
     verified = verifier().verify(token("scope"), "news.example", NOW)
-    claims = verified.claims  # type: ignore[union-attr]
+    assert isinstance(verified, VerifiedToken)
+    claims = verified.claims
     measure(lambda: scope_check(claims, crawler="GPTBot", crawler_key=None,
                                 usages_needed=("ai-train",), path="/articles/1",
                                 license=LICENSE), "scope check")
+
+
+def test_token_from_headers(measure: Measure) -> None:
+    headers = CIMultiDictProxy(CIMultiDict({
+        "Host": "news.example",
+        "User-Agent": "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; "
+                      "GPTBot/1.2; +https://openai.com/gptbot)",
+        "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        "Accept-Encoding": "gzip, deflate, br",
+        "Authorization": f"License {token('header')}",
+    }))
+    assert token_from_headers(headers) is not None
+    measure(lambda: token_from_headers(headers), "token from the Authorization header")

@@ -34,7 +34,7 @@ from gatekeeper.errors import PolicyError, SettingsError
 from gatekeeper.gate import Classifier, Gate
 from gatekeeper.ledger.file import FileLedger
 from gatekeeper.licensing.check import LicenseGate
-from gatekeeper.licensing.keys import Keyring, KeyringError
+from gatekeeper.licensing.keys import Keyring
 from gatekeeper.licensing.licensees import Licensees
 from gatekeeper.licensing.server import licence_server_routes
 from gatekeeper.licensing.tokens import TokenVerifier
@@ -134,10 +134,11 @@ class Licensing:
 
 def build_licensing(settings: Settings, store: MemoryStore) -> Licensing:
     state = settings.state_path()
-    try:
-        keyring: Keyring | None = Keyring.load(state / "keys")
-    except KeyringError:
-        keyring = None  # no key yet: `gatekeeper keys generate`; tokens fail unknown-key
+    # No key directory yet means no tokens yet (`gatekeeper keys generate`); a directory
+    # that is there but broken (a bad PEM, a key others can read) stops the start-up
+    # with the file named, rather than quietly failing every token.
+    keys = state / "keys"
+    keyring = Keyring.load(keys) if keys.exists() else None
     licensees = Licensees(state / "licensees.json")
     if not settings.site_hosts:
         return Licensing(keyring, licensees, None)

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
+    BestAvailableEncryption,
     Encoding,
     NoEncryption,
     PrivateFormat,
@@ -232,9 +233,7 @@ def _write_pem(path: Path, data: bytes) -> None:
 @pytest.mark.parametrize(("content", "message"), [
     (b"not a key\n", "not an unencrypted PEM private key"),
     (Ed25519PrivateKey.generate().private_bytes(
-        Encoding.PEM, PrivateFormat.PKCS8,
-        __import__("cryptography.hazmat.primitives.serialization",
-                   fromlist=["BestAvailableEncryption"]).BestAvailableEncryption(b"pw")),
+        Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(b"pw")),
      "not an unencrypted PEM private key"),
     (generate_private_key(SECP256R1()).private_bytes(
         Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()), "not an Ed25519 key"),
