@@ -61,6 +61,7 @@ from gatekeeper.licensing.tokens import (
     LicenseClaims,
     TokenRejected,
     TokenVerifier,
+    grants,
     issue_token,
 )
 from gatekeeper.observe import logging as gk_logging
@@ -72,7 +73,6 @@ GRANT_RSL: Final = "rsl"  # the 2025 OLP drafts' grant
 GRANT_CLIENT_CREDENTIALS: Final = "client_credentials"  # RSL 1.0's
 RSL_MEDIA_TYPE: Final = "application/rsl+xml"
 FORM: Final = "application/x-www-form-urlencoded"
-RSL_USAGES_AI: Final = frozenset({"ai-all", "ai-train", "ai-input", "ai-index"})
 _REALM: Final = 'Basic realm="gatekeeper licences", charset="UTF-8"'
 _NO_STORE: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 # RFC 6749 §5.2: error_description is printable ASCII without '"' and '\'.
@@ -391,19 +391,13 @@ def _choose_license(licensee: Licensee, policy: Policy, path: str, license: str 
     if requested is None:
         return covering[0], covering[0].usages
     for lic in covering:
-        if all(_grants(lic.usages, usage) for usage in requested):
+        if all(grants(lic.usages, usage) for usage in requested):
             return lic, tuple(sorted(requested))
     raise OAuthError("invalid_grant", "no licence of this client permits the requested usages")
 
 
 def _licences(policy: Policy) -> dict[str, License]:
     return {lic.name: lic for lic in policy.licenses}
-
-
-def _grants(granted: Sequence[str], usage: str) -> bool:
-    # RSL 1.0 §3.4.1: `all` is any automated use, `ai-all` any AI use.
-    return any(g in (usage, "all") or (g == "ai-all" and usage in RSL_USAGES_AI)
-               for g in granted)
 
 
 def _is_xml(value: str) -> bool:

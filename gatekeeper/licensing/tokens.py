@@ -429,12 +429,14 @@ def scope_check(
     if claims.compiled_paths and not any(p.match(path) for p in claims.compiled_paths):
         return TokenFailure.OUT_OF_SCOPE
     for usage in usages_needed:
-        if not (_grants(claims.usages, usage) and _grants(license.usages, usage)):
+        if not (grants(claims.usages, usage) and grants(license.usages, usage)):
             return TokenFailure.OUT_OF_SCOPE
     return None
 
 
-def _grants(granted: Iterable[str], usage: str) -> bool:
+def grants(granted: Iterable[str], usage: str) -> bool:
+    """Whether the usages `granted` permit `usage` (RSL 1.0 §3.4.1: `all` is any
+    automated use, `ai-all` any AI use)."""
     for value in granted:
         if value in (usage, "all") or (value == "ai-all" and usage in _AI_USAGES):
             return True
