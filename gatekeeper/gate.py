@@ -17,6 +17,7 @@ from gatekeeper.core.evaluate import Selected, decide, select
 from gatekeeper.core.facts import Identity, RequestFacts
 from gatekeeper.core.licence_check import LicenseCheck
 from gatekeeper.core.model import Policy, RateLimit, RequireLicense
+from gatekeeper.core.owners import Owners, opted_out, refuses
 from gatekeeper.core.ratelimit import bucket_key
 from gatekeeper.core.robots import RobotsRules, RobotsVerdict
 from gatekeeper.errors import StoreUnavailable
@@ -83,6 +84,8 @@ class Outcome:
     # What the licence token of a require_license request was found to be (None:
     # no rule asked for one, or none was sent).
     license: LicenseCheck | None = None
+    # The content owner the path belongs to ("" when none): the ledger's section.
+    owner: str = ""
 
     @property
     def robots_violation(self) -> bool:
@@ -108,6 +111,7 @@ class Gate:
         behaviour: BehaviourConfig | None = None,
         robots: RobotsSource | None = None,
         licenses: LicenseChecker | None = None,
+        owners: Callable[[], Owners] | None = None,
     ) -> None:
         # `policy` is a getter so a hot reload is seen by the next request.
         self._classifier = classifier
@@ -117,6 +121,7 @@ class Gate:
         self._behaviour = behaviour
         self._robots = robots
         self._licenses = licenses
+        self._owners = owners
         self._local = MemoryStore(max_buckets=10_000)
 
     def attach_robots(self, robots: RobotsSource | None) -> None:
@@ -147,6 +152,12 @@ class Gate:
             score = await self._score(facts, cls, keys, bool(disallowed), self._behaviour)
             if score is not None and score.undeclared:
                 claimed, cls = cls, UNDECLARED_BOT
+        owner = self._owners().owner_of(facts.path) if self._owners is not None else None
+        if refuses(owner, cls.purpose):
+            assert owner is not None
+            # The author withheld this content from AI use: no rule or licence sells it.
+            return Outcome(cls, identity, opted_out(owner.name), False, None, verification,
+                           claimed, robots, score, None, owner.name)
         policy = self._policy()
         selected = select(policy, facts, cls, identity, disallowed)
         action = selected.action
@@ -175,7 +186,7 @@ class Gate:
             # A refused crawler that comes back as a browser is switching user agents.
             await self._store.note_refusal(keys, cls.crawler.name, facts.now)
         return Outcome(cls, identity, decision, fallback, selected, verification, claimed,
-                       robots, score, license)
+                       robots, score, license, owner.name if owner is not None else "")
 
     async def _license(
         self, facts: RequestFacts, cls: Classification, verification: Verification | None,

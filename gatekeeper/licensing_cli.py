@@ -67,8 +67,9 @@ def add_parsers(sub: Any) -> None:
     export = dsub.add_parser("export", help="aggregate licensed usage")
     export.add_argument("--since", help="ISO date or datetime, UTC (inclusive)")
     export.add_argument("--until", help="ISO date or datetime, UTC (exclusive)")
-    export.add_argument("--by", choices=["licensee", "licence", "license", "section"],
-                        default="licensee")
+    export.add_argument("--by", choices=["licensee", "licence", "license", "section", "owner"],
+                        default="licensee",
+                        help="owner: each content owner's share of the revenue of their pages")
     export.add_argument("--format", choices=["csv", "json"], default="csv")
     dsub.add_parser("verify", help="check the hash chain (exit 1 when broken)")
     for p in dsub.choices.values():
@@ -193,7 +194,14 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _ledger(args: argparse.Namespace, settings: Settings) -> int:
-    from gatekeeper.ledger.export import By, aggregate, parse_bound, to_csv, to_json
+    from gatekeeper.ledger.export import (
+        By,
+        aggregate,
+        parse_bound,
+        to_csv,
+        to_json,
+        with_shares,
+    )
     from gatekeeper.ledger.file import read, verify
 
     path = settings.state_path() / "ledger.jsonl"
@@ -210,7 +218,16 @@ def _ledger(args: argparse.Namespace, settings: Settings) -> int:
     since = parse_bound(args.since) if args.since else None
     until = parse_bound(args.until) if args.until else None
     by: By = "license" if args.by == "licence" else args.by
-    rows = aggregate(read(path, since, until), by)
+    records = read(path, since, until)
+    if by == "owner":
+        # A record's section is the owner of its path; the revenue column becomes
+        # what each owner is owed under their share.
+        from gatekeeper.licensing.owners_registry import OwnerRegistry
+
+        shares = OwnerRegistry(settings.state_path() / "owners.json").current().shares()
+        rows = with_shares(aggregate(records, "section"), shares)
+    else:
+        rows = aggregate(records, by)
     sys.stdout.write(to_csv(rows) if args.format == "csv" else to_json(rows) + "\n")
     return 0
 

@@ -36,6 +36,7 @@ from gatekeeper.ledger.file import FileLedger
 from gatekeeper.licensing.check import LicenseGate
 from gatekeeper.licensing.keys import Keyring
 from gatekeeper.licensing.licensees import Licensees
+from gatekeeper.licensing.owners_registry import OwnerRegistry
 from gatekeeper.licensing.server import licence_server_routes
 from gatekeeper.licensing.tokens import TokenVerifier
 from gatekeeper.observe import logging as gk_logging
@@ -130,6 +131,7 @@ class Licensing:
     keyring: Keyring | None
     licensees: Licensees
     gate: LicenseGate | None  # None: `site_hosts` is not set, tokens are not accepted
+    owners: OwnerRegistry
 
 
 def build_licensing(settings: Settings, store: MemoryStore) -> Licensing:
@@ -140,8 +142,9 @@ def build_licensing(settings: Settings, store: MemoryStore) -> Licensing:
     keys = state / "keys"
     keyring = Keyring.load(keys) if keys.exists() else None
     licensees = Licensees(state / "licensees.json")
+    owners = OwnerRegistry(state / "owners.json")
     if not settings.site_hosts:
-        return Licensing(keyring, licensees, None)
+        return Licensing(keyring, licensees, None, owners)
 
     def public_keys() -> Mapping[str, Ed25519PublicKey]:
         return keyring.public_keys() if keyring is not None else {}
@@ -153,7 +156,7 @@ def build_licensing(settings: Settings, store: MemoryStore) -> Licensing:
         return licensee is not None and not licensee.disabled
 
     return Licensing(keyring, licensees,
-                     LicenseGate(verifier, licensees.is_revoked, store, active))
+                     LicenseGate(verifier, licensees.is_revoked, store, active), owners)
 
 
 @dataclass
@@ -185,7 +188,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Comp
     behaviour = BehaviourConfig() if settings.behaviour else None
     licensing = build_licensing(settings, store)
     gate = Gate(classifier, holder.get, store, identity=identity.verifier, behaviour=behaviour,
-                licenses=licensing.gate)
+                licenses=licensing.gate, owners=licensing.owners.current)
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry, catalog.names, store=settings.store)
     recorder = Recorder(metrics, gk_logging.get_logger("gatekeeper"))
@@ -251,7 +254,8 @@ def admin_app(c: Components) -> web.Application:
     async def ready() -> dict[str, bool]:
         return {"policy_loaded": c.holder.current is not None, "upstream_reachable": await probe()}
 
-    return build_admin_app(c.registry, ready, c.recorder.metrics.flush)
+    return build_admin_app(c.registry, ready, c.recorder.metrics.flush,
+                           owners=c.licensing.owners)
 
 
 def _discard(_: object) -> None:

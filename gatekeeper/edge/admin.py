@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from gatekeeper.licensing.owners_registry import OwnerRegistry, OwnersError
+
 # What the readiness callback returns: (ready, details). `details` names each check
 # with its result and is sent as the body. A plain mapping of check name to bool is
 # accepted too, and is ready when every check is true.
@@ -26,6 +28,7 @@ _NO_STORE = {"Cache-Control": "no-store"}
 
 def build_admin_app(
     registry: CollectorRegistry, ready: Readiness, flush: Callable[[], None] | None = None,
+    *, owners: OwnerRegistry | None = None,
 ) -> web.Application:
     """The admin application: metrics from `registry`, readiness from `ready`.
 
@@ -54,11 +57,45 @@ def build_admin_app(
             content_type="application/json", headers=_NO_STORE,
         )
 
-    app = web.Application()
+    app = web.Application(client_max_size=64 * 1024)
+    if owners is not None:
+        _owner_routes(app, owners)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+def _owner_routes(app: web.Application, owners: OwnerRegistry) -> None:
+    """GET /owners; PUT and DELETE /owners/{name}: content owners, changed at run time
+    (the next request sees them, no policy reload). JSON in and out; a bad entry is a
+    400 naming each problem, and nothing is written."""
+
+    async def listing(request: web.Request) -> web.Response:
+        return web.json_response({"owners": owners.entries()}, headers=_NO_STORE)
+
+    async def put(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("expected a JSON object")
+            owner = owners.put(request.match_info["name"], body)
+        except (ValueError, OwnersError) as exc:
+            return web.json_response({"error": "invalid_owner", "message": str(exc)},
+                                     status=400, headers=_NO_STORE)
+        return web.json_response({"name": owner.name, "stance": owner.stance.value,
+                                  "share": str(owner.share),
+                                  "paths": [p.text for p in owner.paths]},
+                                 headers=_NO_STORE)
+
+    async def delete(request: web.Request) -> web.Response:
+        found = owners.delete(request.match_info["name"])
+        return web.json_response({"deleted": found}, status=200 if found else 404,
+                                 headers=_NO_STORE)
+
+    app.router.add_get("/owners", listing)
+    app.router.add_put("/owners/{name}", put)
+    app.router.add_delete("/owners/{name}", delete)
 
 
 async def _run_readiness(ready: Readiness) -> tuple[bool, Mapping[str, object]]:

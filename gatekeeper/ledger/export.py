@@ -158,3 +158,16 @@ def parse_bound(text: str) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
     return moment.timestamp()
+
+
+def with_shares(rows: Sequence[Row], shares: Mapping[str, Decimal]) -> list[Row]:
+    """Owner rows whose revenue is each owner's share of it (`shares`: owner -> percent).
+
+    The row of records without an owner ("") and owners without a share get nothing;
+    amounts stay exact (no rounding: a share of a fraction of a cent is kept)."""
+    out = []
+    for row in rows:
+        percent = shares.get(row.key, Decimal(0)) if row.key else Decimal(0)
+        owed = {c: _EXACT.multiply(amount, percent) / 100 for c, amount in row.revenue.items()}
+        out.append(Row(row.key, row.count, row.bytes, owed, row.first, row.last))
+    return out

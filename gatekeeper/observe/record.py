@@ -145,7 +145,7 @@ class Recorder:
             path=obs.facts.path, status=obs.status, bytes=obs.bytes_sent,
             price=str(charged.amount) if charged is not None else "",
             currency=charged.currency if charged is not None else "",
-            token_id=check.token_id,
+            section=obs.outcome.owner, token_id=check.token_id,
         ))
 
     def bad_request(self, reason: str, client_ip: str, method: str, status: int) -> None:

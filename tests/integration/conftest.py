@@ -240,7 +240,8 @@ async def start_gatekeeper(tmp_path: Path) -> AsyncIterator[StartGate]:
     """Start Gatekeeper's proxy listener in-process on a kernel-chosen port, with
     the real catalog, policy, gate and recorder (`gate=` swaps the gate)."""
     listeners: list[Listeners] = []
-    gk_logging.configure("json", "warning")
+    # Not cached: a logger first used here must follow a later test's configuration.
+    gk_logging.configure("json", "warning", cache_loggers=False)
 
     async def start(
         upstream_url: str, policy: str | None = None, *, gate: Gate | None = None,
