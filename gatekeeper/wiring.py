@@ -194,6 +194,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Comp
     recorder = Recorder(metrics, gk_logging.get_logger("gatekeeper"))
     recorder.reload_result(True, policy.source, [], time.time(), policy=policy)
     metrics.ranges_loaded(identity.ranges.current)
+    metrics.revocations(lambda: len(licensing.licensees.revocations()))
     try:
         upstream = Upstream(settings.upstream)
         trusted = TrustedProxies.from_cidrs(settings.trusted_proxies)
@@ -243,7 +244,8 @@ def licence_endpoints(c: Components) -> Endpoints | None:
     licence_server_routes(router, policy=c.holder.get, licensees=c.licensing.licensees,
                           keyring=keyring, issuer=settings.token_issuer(),
                           audience=settings.site_hosts, trusted_proxies=c.trusted,
-                          prefix=LICENCE_SERVER_PREFIX, jwks_path=None)
+                          prefix=LICENCE_SERVER_PREFIX, jwks_path=None,
+                          on_issued=c.recorder.metrics.token_issued)
     paths = frozenset({LICENCE_SERVER_PREFIX + "/token", LICENCE_SERVER_PREFIX + "/introspect"})
     return Endpoints(router, paths)
 

@@ -128,6 +128,7 @@ def licence_server_routes(
     trusted_proxies: TrustedProxies | None = None,
     prefix: str = "",
     jwks_path: str | None = "/.well-known/jwks.json",
+    on_issued: Callable[[str], None] | None = None,
 ) -> None:
     """Add `POST {prefix}/token`, `POST {prefix}/introspect` and `GET {jwks_path}`
     to `app_or_router` (`jwks_path` None: the JWKS is served elsewhere).
@@ -140,7 +141,7 @@ def licence_server_routes(
     if not hosts:
         raise LicenceServerError("the licence server needs the site's hosts (its audience)")
     server = _LicenceServer(policy, licensees, keyring, issuer, hosts, clock, limits,
-                            trusted_proxies or TrustedProxies())
+                            trusted_proxies or TrustedProxies(), on_issued)
     router = app_or_router.router if isinstance(app_or_router, web.Application) \
         else app_or_router
     endpoints: dict[str, tuple[tuple[str, ...], _Handler]] = {
@@ -179,6 +180,7 @@ class _LicenceServer:
         self, policy: Callable[[], Policy], licensees: Licensees, keyring: Keyring,
         issuer: str, audience: tuple[str, ...], clock: Callable[[], float],
         limits: ServerLimits, trusted: TrustedProxies,
+        on_issued: Callable[[str], None] | None = None,
     ) -> None:
         self._policy = policy
         self._licensees = licensees
@@ -188,6 +190,7 @@ class _LicenceServer:
         self._clock = clock
         self._limits = limits
         self._trusted = trusted
+        self._on_issued = on_issued  # told the licence of each token issued (a metric)
         self._buckets = _ClientBuckets(limits.rate, limits.burst, limits.tracked_clients)
         self._secret_checks = asyncio.Semaphore(limits.concurrent_secret_checks)
         self._verifier = TokenVerifier(keyring.public_keys, issuer=issuer, audience=audience)
@@ -227,6 +230,8 @@ class _LicenceServer:
         # What `gatekeeper token revoke` needs (id and expiry), never the token itself.
         _log.info("licence_token_issued", client_id=licensee.id, license=chosen.name,
                   jti=claims.token_id, exp=int(claims.expires), host=host)
+        if self._on_issued is not None:
+            self._on_issued(chosen.name)
         return _json(200, {"access_token": token, "token_type": TOKEN_TYPE,
                            "expires_in": lifetime, "scope": chosen.name})
 

@@ -353,6 +353,16 @@ class Metrics:
             "Response body bytes served under a licence, by licence and licensee.",
             ["license", "licensee"], registry=registry,
         )
+        self.tokens_issued = Counter(
+            "gatekeeper_license_tokens_issued_total",
+            "Licence tokens issued by the licence server, by licence.", ["license"],
+            registry=registry,
+        )
+        self.tokens_revoked = Gauge(
+            "gatekeeper_license_tokens_revoked_records",
+            "Revoked licence tokens still remembered (until they would have expired).",
+            registry=registry,
+        )
         self.ledger_last_seq = Gauge(
             "gatekeeper_ledger_records",
             "Usage-ledger records written to disk (the newest record's sequence number): "
@@ -516,6 +526,12 @@ class Metrics:
         self.licensed_requests.labels(lic, who).inc()
         if sent:
             self.licensed_bytes.labels(lic, who).inc(sent)
+
+    def token_issued(self, license: str) -> None:
+        self.tokens_issued.labels(license if license in self.licenses else OTHER).inc()
+
+    def revocations(self, count: Callable[[], int]) -> None:
+        self.tokens_revoked.set_function(lambda: float(count()))
 
     def ledger_opened(self, durable_seq: Callable[[], int]) -> None:
         self.ledger_last_seq.set_function(lambda: float(durable_seq()))

@@ -119,6 +119,8 @@ async def test_a_crawler_vendor_licenses_fetches_and_is_metered(
     value = gk.components.registry.get_sample_value
     assert value("gatekeeper_licensed_requests_total",
                  {"license": "ai-train-standard", "licensee": "acme"}) == 1
+    assert value("gatekeeper_license_tokens_issued_total",
+                 {"license": "ai-train-standard"}) == 1
     refused = {reason: value("gatekeeper_license_checks_total",
                              {"result": "invalid", "reason": reason})
                for reason in ("bad-signature", "malformed")}

@@ -209,3 +209,49 @@ def test_refuses_to_start_on_the_pure_python_http_parser() -> None:
     )
     assert proc.returncode == 2
     assert "C HTTP parser is not in use" in proc.stderr
+
+
+async def test_licensed_requests_are_all_in_the_ledger_after_sigterm(  # type: ignore[no-untyped-def]
+    run_gatekeeper, upstream, tmp_path: Path
+) -> None:
+    import base64
+
+    from gatekeeper.ledger.file import read, verify
+    from gatekeeper.licensing.keys import Keyring
+    from gatekeeper.licensing.licensees import Licensees
+    from tests.integration.test_licensing_e2e import OPENAI, POLICY
+
+    state = tmp_path / "state-0"  # the first process's state directory (run_gatekeeper)
+    Keyring.generate(state / "keys")
+    secret = Licensees(state / "licensees.json").add(
+        "acme", "Acme AI", "GPTBot", ["ai-train-standard"])
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    config = tmp_path / "settings.yaml"
+    config.write_text(f"policy: {policy}\nsite_hosts: [127.0.0.1]\n"
+                      "trusted_proxies: [127.0.0.0/8]\n")
+    gk = run_gatekeeper(upstream.url, "--config", str(config))
+    basic = base64.b64encode(f"acme:{secret}".encode()).decode()
+    page = gk.url + "/articles/1"
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gk.url + "/.well-known/gatekeeper/token",
+                          data={"grant_type": "rsl", "license": "ai-train-standard",
+                                "resource": page},
+                          headers={"Authorization": f"Basic {basic}"}) as r:
+            token = (await r.json())["access_token"]
+        headers = {**OPENAI, "Authorization": f"License {token}",
+                   "crawler-max-price": "USD 0.01"}
+
+        async def fetch() -> int:
+            async with s.get(page, headers=headers) as r:
+                await r.read()
+                return r.status
+
+        statuses = await asyncio.gather(*(fetch() for _ in range(25)))
+    assert statuses == [200] * 25
+    # Stopped at once, while the ledger's batch is still in memory: nothing is lost.
+    gk.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(gk.proc.wait, 30) == 0
+    ledger = state / "ledger.jsonl"
+    assert verify(ledger).ok
+    assert len(list(read(ledger))) == 25
