@@ -34,7 +34,7 @@ from gatekeeper.errors import PolicyError, SettingsError
 from gatekeeper.gate import Classifier, Gate
 from gatekeeper.ledger.file import FileLedger
 from gatekeeper.licensing.check import LicenseGate
-from gatekeeper.licensing.keys import Keyring
+from gatekeeper.licensing.keys import Keyring, KeyringError
 from gatekeeper.licensing.licensees import Licensees
 from gatekeeper.licensing.owners_registry import OwnerRegistry
 from gatekeeper.licensing.server import licence_server_routes
@@ -269,9 +269,24 @@ def _default_port(upstream: Upstream) -> int:
 
 
 def reload_policy(c: Components) -> ReloadResult:
+    """SIGHUP: the policy, and the signing keys (key rotation without a restart)."""
     result = c.holder.reload()
     record_reload(c, result)
+    reload_keys(c)
     return result
+
+
+def reload_keys(c: Components) -> None:
+    keyring = c.licensing.keyring
+    if keyring is None:
+        return
+    log = gk_logging.get_logger("gatekeeper")
+    try:
+        keyring.reload()
+    except KeyringError as exc:
+        log.error("keys_reload_failed", error=str(exc), kept="the keys loaded before")
+        return
+    log.info("keys_reloaded", keys=len(keyring.public_keys()))
 
 
 def record_reload(c: Components, result: ReloadResult) -> None:

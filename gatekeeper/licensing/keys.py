@@ -99,6 +99,14 @@ class Keyring:
     def directory(self) -> Path:
         return self._directory
 
+    def reload(self) -> None:
+        """Read the directory again, in place: everyone holding this keyring (the
+        verifier, the licence server) signs and verifies with the new set at once.
+        On an error the current keys stay and the error is raised."""
+        fresh = Keyring.load(self._directory)
+        self._keys = fresh._keys
+        self._public = fresh._public
+
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Keyring:
         path = Path(directory)

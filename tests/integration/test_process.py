@@ -255,3 +255,27 @@ async def test_licensed_requests_are_all_in_the_ledger_after_sigterm(  # type: i
     ledger = state / "ledger.jsonl"
     assert verify(ledger).ok
     assert len(list(read(ledger))) == 25
+
+
+async def test_sighup_loads_a_new_signing_key_without_a_restart(  # type: ignore[no-untyped-def]
+    run_gatekeeper, upstream, tmp_path: Path
+) -> None:
+    from gatekeeper.licensing.keys import Keyring
+
+    state = tmp_path / "state-0"
+    first = Keyring.generate(state / "keys")
+    config = tmp_path / "settings.yaml"
+    config.write_text("site_hosts: [127.0.0.1]\n")
+    gk = run_gatekeeper(upstream.url, "--config", str(config))
+
+    async def kids() -> set[str]:
+        async with aiohttp.ClientSession() as s, s.get(gk.url + "/.well-known/jwks.json") as r:
+            return {k["kid"] for k in (await r.json())["keys"]}
+
+    assert await kids() == {first}
+    second = Keyring.generate(state / "keys")
+    gk.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while await kids() != {first, second}:
+        assert time.monotonic() < deadline, "the new key was not loaded"
+        await asyncio.sleep(0.1)

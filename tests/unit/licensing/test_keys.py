@@ -300,3 +300,23 @@ def test_leftover_temporary_files_are_ignored(tmp_path: Path) -> None:
 def test_a_negative_activation_delay_is_refused(tmp_path: Path) -> None:
     with pytest.raises(KeyringError, match="activate_after"):
         Keyring.generate(tmp_path, activate_after=-1)
+
+
+def test_reload_rotates_in_place_for_everyone_holding_the_keyring(tmp_path: Path) -> None:
+    old = Keyring.generate(tmp_path, now=T0)
+    keyring = Keyring.load(tmp_path)
+    public_keys = keyring.public_keys  # what a verifier holds
+    new = Keyring.generate(tmp_path, now=T0 + 10)
+    assert set(public_keys()) == {old}
+    keyring.reload()
+    assert set(public_keys()) == {old, new}
+    assert keyring.active_signing_key(T0 + 20).kid == new
+
+
+def test_a_failed_reload_keeps_the_keys_it_had(tmp_path: Path) -> None:
+    kid = Keyring.generate(tmp_path, now=T0)
+    keyring = Keyring.load(tmp_path)
+    (tmp_path / "stray.json").write_text("{}")  # metadata without its key
+    with pytest.raises(KeyringError, match="stray"):
+        keyring.reload()
+    assert set(keyring.public_keys()) == {kid}
