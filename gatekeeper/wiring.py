@@ -225,7 +225,8 @@ def proxy_app(c: Components, gate: Gate | None = None,
 
     keyring = c.licensing.keyring
     documents = Documents(c.holder.get, lambda: keyring.jwks() if keyring is not None else None,
-                          c.settings.license_server_url or c.holder.get().token_url)
+                          c.settings.license_server_url or c.holder.get().token_url,
+                          c.licensing.owners.current)
     return ProxyService(gate, observer or c.recorder, c.settings, c.upstream, c.trusted,
                         on_session=attach, on_close=detach, documents=documents,
                         endpoints=licence_endpoints(c))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Final
 
 from gatekeeper.core.model import License, Policy, PricePer
@@ -65,6 +65,7 @@ def render_rsl(
     server: str,
     terms_url: str,
     max_age_days: int = DEFAULT_MAX_AGE_DAYS,
+    withheld: Sequence[str] = (),
 ) -> bytes:
     """The site's RSL document, UTF-8 with an XML declaration.
 
@@ -74,6 +75,11 @@ def render_rsl(
     and an empty one is left out. With no licence to offer, the `<rsl>` element
     is empty: there is nothing to license, and RSL treats content without a
     licence as unlicensed, which is what the policy says.
+
+    `withheld` are path globs whose authors opted out of AI use
+    (`gatekeeper.core.owners`): each gets its own, narrower `<content>` that permits
+    search and prohibits every AI use, with no licence server, so the site's licences
+    (which the gate will not sell there) are not offered for them.
     """
     root = ET.Element("rsl", {"xmlns": RSL_NAMESPACE, "max-age": str(max_age_days)})
     # A <license> without <permits> restricts no usage: a licence granting none is
@@ -93,6 +99,11 @@ def render_rsl(
                 content.append(_license_element(lic, granted))
         if terms:
             ET.SubElement(content, "terms").text = terms
+    for pattern in _unique(p for glob in withheld for p in rfc9309_patterns(glob)):
+        content = ET.SubElement(root, "content", {"url": pattern})
+        refusal = ET.SubElement(content, "license")
+        ET.SubElement(refusal, "permits", {"type": "usage"}).text = "search"
+        ET.SubElement(refusal, "prohibits", {"type": "usage"}).text = "ai-all"
     ET.indent(root)
     document: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
     return document + b"\n"

@@ -18,6 +18,7 @@ from typing import Final
 from aiohttp import web
 
 from gatekeeper.core.model import Policy
+from gatekeeper.core.owners import NO_OWNERS, Owners, Stance
 from gatekeeper.core.rsl import RSL_MEDIA_TYPE, render_rsl
 from gatekeeper.core.terms import render_terms_html, render_terms_json
 
@@ -34,11 +35,12 @@ class Documents:
     """
 
     def __init__(self, policy: Callable[[], Policy], jwks: Callable[[], Mapping[str, object]
-                 | None], token_url: str) -> None:
+                 | None], token_url: str, owners: Callable[[], Owners] | None = None) -> None:
         self._policy = policy
         self._jwks = jwks
         self._token_url = token_url
-        self._cache: dict[tuple[int, str, str], tuple[bytes, str]] = {}
+        self._owners = owners or (lambda: NO_OWNERS)
+        self._cache: dict[tuple[int, int, str, str], tuple[bytes, str]] = {}
 
     def paths(self) -> frozenset[str]:
         policy = self._policy()
@@ -59,23 +61,28 @@ class Documents:
             return None
         wants_json = "format=json" in query or "application/json" in accept
         kind = "rsl" if path == policy.rsl_url else ("json" if wants_json else "html")
-        key = (id(policy), f"{scheme}://{host}", kind)
+        owners = self._owners()
+        key = (id(policy), id(owners), f"{scheme}://{host}", kind)
         cached = self._cache.get(key)
         if cached is None:
-            cached = self._render(policy, f"{scheme}://{host}", kind)
+            cached = self._render(policy, owners, f"{scheme}://{host}", kind)
             if len(self._cache) >= _MAX_CACHED:
                 self._cache.clear()
             self._cache[key] = cached
         return _response(method, *cached)
 
-    def _render(self, policy: Policy, site: str, kind: str) -> tuple[bytes, str]:
+    def _render(self, policy: Policy, owners: Owners, site: str,
+                kind: str) -> tuple[bytes, str]:
         terms = _absolute(site, policy.license_terms_url)
         token = _absolute(site, self._token_url)
         rsl = _absolute(site, policy.rsl_url)
         if kind == "rsl":
             server = token.rsplit("/", 1)[0]  # the licence server's base
-            return render_rsl(policy, site=site, server=server, terms_url=terms), \
-                RSL_MEDIA_TYPE
+            # Declarations follow the authors: opted-out owners' paths are not offered.
+            withheld = [p.text for o in owners.owners if o.stance is Stance.OPT_OUT
+                        for p in o.paths]
+            return render_rsl(policy, site=site, server=server, terms_url=terms,
+                              withheld=withheld), RSL_MEDIA_TYPE
         jwks = _absolute(site, JWKS_PATH)
         if kind == "json":
             doc = render_terms_json(policy, site=site, rsl_url=rsl, token_url=token,

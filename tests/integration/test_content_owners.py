@@ -76,6 +76,10 @@ async def test_an_owner_s_opt_out_beats_the_site_s_licence_and_the_other_is_paid
             # Search is not AI use: her pages stay findable.
             async with s.get(gk.url + "/articles/alice/1", headers=GOOGLEBOT) as r:
                 assert r.status == 200
+            # The declaration follows her: the RSL document withholds her pages.
+            async with s.get(gk.url + "/license.xml") as r:
+                rsl = await r.text()
+            assert 'url="/articles/alice/"' in rsl
     finally:
         await admin.cleanup()
     assert [seen.raw_path for seen in upstream.seen] == ["/articles/bob/1", "/articles/alice/1"]

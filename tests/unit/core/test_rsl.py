@@ -359,3 +359,22 @@ def test_other_globs_never_match_a_path_their_rfc_9309_patterns_miss(
 ) -> None:
     if compile_path_glob(glob).match(path):
         assert robots_matches(rfc9309_patterns(glob), path)
+
+
+def test_withheld_paths_get_their_own_content_that_prohibits_ai_use() -> None:
+    from gatekeeper.catalog_loader import load_catalog
+    from gatekeeper.core.rsl import RSL_NAMESPACE, render_rsl
+    from gatekeeper.policy.loader import load_policy_text
+
+    policy = load_policy_text(
+        "version: 1\nlicenses:\n  - name: train\n    usages: [ai-train]\n"
+        "    price: {amount: 1, currency: USD}\n", "p.yaml", load_catalog())
+    doc = ET.fromstring(render_rsl(policy, site="https://news.example", server="/lic",
+                                   terms_url="/terms", withheld=["/articles/alice/**"]))
+    ns = {"r": RSL_NAMESPACE}
+    contents = {c.get("url"): c for c in doc.findall("r:content", ns)}
+    alice = contents["/articles/alice/"]
+    assert alice.get("server") is None  # nothing to obtain there
+    assert alice.find("r:license/r:permits", ns).text == "search"  # type: ignore[union-attr]
+    assert alice.find("r:license/r:prohibits", ns).text == "ai-all"  # type: ignore[union-attr]
+    assert contents["/"].get("server") == "https://news.example/lic"
