@@ -57,7 +57,7 @@ def add_parsers(sub: Any) -> None:
     revoke.add_argument("token_id")
     revoke.add_argument("--expires", type=float, default=None,
                         help="unix time it expires (default: 400 days from now)")
-    tsub.add_parser("list", help="list revoked token ids")
+    tsub.add_parser("list", help="list issued tokens (id, holder, licence, state)")
     for p in tsub.choices.values():
         p.add_argument("--config", help="settings YAML file")
         p.add_argument("--policy", help="policy file")
@@ -154,8 +154,14 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
         print(f"revoked {args.token_id}")
         return 0
     if args.action == "list":
-        for r in registry.revocations():
-            print(f"{r.token_id}  revoked until {_iso(r.expires)}")
+        from gatekeeper.licensing.issued import read
+
+        now = time.time()
+        for t in read(state / "issued.jsonl"):
+            status = ("revoked" if registry.is_revoked(t.token_id)
+                      else "expired" if t.expires <= now else "valid")
+            print(f"{t.token_id}  {status}  licensee={t.licensee}  licence={t.license}  "
+                  f"crawler={t.crawler}  expires={_iso(t.expires)}")
         return 0
     if not settings.site_hosts:
         raise GatekeeperError("site_hosts is not set: tokens name the site's hosts")
@@ -189,7 +195,10 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
         license=lic.name, usages=lic.usages, paths=(), not_before=now,
         expires=now + lifetime, token_id=secrets.token_urlsafe(12),
     )
+    from gatekeeper.licensing.issued import record
+
     print(issue_token(claims, keyring.active_signing_key()))
+    record(state / "issued.jsonl", claims)
     return 0
 
 

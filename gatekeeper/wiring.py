@@ -33,12 +33,13 @@ from gatekeeper.edge.server import Listeners, ProxyService
 from gatekeeper.errors import PolicyError, SettingsError
 from gatekeeper.gate import Classifier, Gate
 from gatekeeper.ledger.file import FileLedger
+from gatekeeper.licensing import issued
 from gatekeeper.licensing.check import LicenseGate
 from gatekeeper.licensing.keys import Keyring, KeyringError
 from gatekeeper.licensing.licensees import Licensees
 from gatekeeper.licensing.owners_registry import OwnerRegistry
 from gatekeeper.licensing.server import licence_server_routes
-from gatekeeper.licensing.tokens import TokenVerifier
+from gatekeeper.licensing.tokens import LicenseClaims, TokenVerifier
 from gatekeeper.observe import logging as gk_logging
 from gatekeeper.observe.metrics import Metrics
 from gatekeeper.observe.record import Observer, Recorder
@@ -235,6 +236,11 @@ def proxy_app(c: Components, gate: Gate | None = None,
 LICENCE_SERVER_PREFIX = "/.well-known/gatekeeper"
 
 
+def _issued(c: Components, claims: LicenseClaims) -> None:
+    c.recorder.metrics.token_issued(claims.license)
+    issued.record(c.settings.state_path() / "issued.jsonl", claims)
+
+
 def licence_endpoints(c: Components) -> Endpoints | None:
     """The licence server's token and introspection endpoints on the main listener,
     where crawler vendors reach them; None until there is a key and the site's hosts."""
@@ -246,7 +252,7 @@ def licence_endpoints(c: Components) -> Endpoints | None:
                           keyring=keyring, issuer=settings.token_issuer(),
                           audience=settings.site_hosts, trusted_proxies=c.trusted,
                           prefix=LICENCE_SERVER_PREFIX, jwks_path=None,
-                          on_issued=c.recorder.metrics.token_issued)
+                          on_issued=lambda claims: _issued(c, claims))
     paths = frozenset({LICENCE_SERVER_PREFIX + "/token", LICENCE_SERVER_PREFIX + "/introspect"})
     return Endpoints(router, paths)
 

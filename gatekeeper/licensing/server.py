@@ -128,7 +128,7 @@ def licence_server_routes(
     trusted_proxies: TrustedProxies | None = None,
     prefix: str = "",
     jwks_path: str | None = "/.well-known/jwks.json",
-    on_issued: Callable[[str], None] | None = None,
+    on_issued: Callable[[LicenseClaims], None] | None = None,
 ) -> None:
     """Add `POST {prefix}/token`, `POST {prefix}/introspect` and `GET {jwks_path}`
     to `app_or_router` (`jwks_path` None: the JWKS is served elsewhere).
@@ -180,7 +180,7 @@ class _LicenceServer:
         self, policy: Callable[[], Policy], licensees: Licensees, keyring: Keyring,
         issuer: str, audience: tuple[str, ...], clock: Callable[[], float],
         limits: ServerLimits, trusted: TrustedProxies,
-        on_issued: Callable[[str], None] | None = None,
+        on_issued: Callable[[LicenseClaims], None] | None = None,
     ) -> None:
         self._policy = policy
         self._licensees = licensees
@@ -190,7 +190,7 @@ class _LicenceServer:
         self._clock = clock
         self._limits = limits
         self._trusted = trusted
-        self._on_issued = on_issued  # told the licence of each token issued (a metric)
+        self._on_issued = on_issued  # told of each token issued (its claims, never the token)
         self._buckets = _ClientBuckets(limits.rate, limits.burst, limits.tracked_clients)
         self._secret_checks = asyncio.Semaphore(limits.concurrent_secret_checks)
         self._verifier = TokenVerifier(keyring.public_keys, issuer=issuer, audience=audience)
@@ -231,7 +231,7 @@ class _LicenceServer:
         _log.info("licence_token_issued", client_id=licensee.id, license=chosen.name,
                   jti=claims.token_id, exp=int(claims.expires), host=host)
         if self._on_issued is not None:
-            self._on_issued(chosen.name)
+            self._on_issued(claims)
         return _json(200, {"access_token": token, "token_type": TOKEN_TYPE,
                            "expires_in": lifetime, "scope": chosen.name})
 

@@ -121,6 +121,11 @@ async def test_a_crawler_vendor_licenses_fetches_and_is_metered(
                  {"license": "ai-train-standard", "licensee": "acme"}) == 1
     assert value("gatekeeper_license_tokens_issued_total",
                  {"license": "ai-train-standard"}) == 1
+    from gatekeeper.licensing.issued import read as read_issued
+
+    (held,) = read_issued(state / "issued.jsonl")
+    assert (held.licensee, held.license, held.crawler) == ("acme", "ai-train-standard", "GPTBot")
+    assert token not in (state / "issued.jsonl").read_text()
     refused = {reason: value("gatekeeper_license_checks_total",
                              {"result": "invalid", "reason": reason})
                for reason in ("bad-signature", "malformed")}

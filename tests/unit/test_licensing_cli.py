@@ -44,7 +44,8 @@ def test_keys_licensees_and_tokens_from_the_command_line(tmp_path: Path) -> None
     assert "licensee acme, licence ai-train-standard, crawler GPTBot" in inspected.stdout
     token_id = inspected.stdout.split(" id ")[1].split(",")[0]
     assert gk(state, "token", "revoke", token_id).returncode == 0
-    assert token_id in gk(state, "token", "list").stdout
+    assert f"{token_id}  revoked  licensee=acme  licence=ai-train-standard" in gk(
+        state, "token", "list").stdout
     assert "disabled" in (gk(state, "licensee", "disable", "acme").stdout)
     assert "acme  disabled" in gk(state, "licensee", "list").stdout
 
