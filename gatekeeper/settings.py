@@ -62,7 +62,6 @@ class Settings:
     site_hosts: tuple[str, ...] = ()  # the hosts licence tokens are for; empty: no tokens
     issuer: str = ""  # the `iss` of issued tokens; empty: https://<first site host>
     forward_license_tokens: bool = False  # pass `Authorization: License ...` upstream
-    license_server_url: str = ""  # where vendors POST for tokens; empty: the policy's token_url
 
     def with_overrides(self, values: Mapping[str, Any], origin: str) -> Settings:
         """A copy with `values` applied; unknown names or bad types raise SettingsError."""

@@ -226,7 +226,7 @@ def proxy_app(c: Components, gate: Gate | None = None,
 
     keyring = c.licensing.keyring
     documents = Documents(c.holder.get, lambda: keyring.jwks() if keyring is not None else None,
-                          c.settings.license_server_url or c.holder.get().token_url,
+                          c.holder.get().token_url,
                           c.licensing.owners.current)
     return ProxyService(gate, observer or c.recorder, c.settings, c.upstream, c.trusted,
                         on_session=attach, on_close=detach, documents=documents,
@@ -263,8 +263,17 @@ def admin_app(c: Components) -> web.Application:
     async def ready() -> dict[str, bool]:
         return {"policy_loaded": c.holder.current is not None, "upstream_reachable": await probe()}
 
-    return build_admin_app(c.registry, ready, c.recorder.metrics.flush,
-                           owners=c.licensing.owners)
+    app = build_admin_app(c.registry, ready, c.recorder.metrics.flush,
+                          owners=c.licensing.owners)
+    keyring, settings = c.licensing.keyring, c.settings
+    if keyring is not None and settings.site_hosts:
+        # The licence server on the admin listener too (POST /token, /introspect, the
+        # JWKS), for licensees reached over a private network.
+        licence_server_routes(app, policy=c.holder.get, licensees=c.licensing.licensees,
+                              keyring=keyring, issuer=settings.token_issuer(),
+                              audience=settings.site_hosts,
+                              on_issued=lambda claims: _issued(c, claims))
+    return app
 
 
 def _discard(_: object) -> None:

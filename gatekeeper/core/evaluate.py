@@ -261,8 +261,11 @@ def _license_decision(
             headers.append(("crawler-error", "InvalidCrawlerMaxPrice" if offered_price
                             else "MissingCrawlerPrice"))
     if status in (401, 402):
+        # RSL 1.0 §6 defines error and error_description; authorization_uri names the
+        # licence server, as RSL-aware clients of the drafts expect (an extension).
         headers.append(("WWW-Authenticate",
-                        f'License error="{error}", error_description="{message}"'))
+                        f'License error="{error}", error_description="{message}", '
+                        f'authorization_uri="{policy.token_url}"'))
     elif status == 403:
         headers.append(("WWW-Authenticate", f'License error="{error}"'))
     body = _json({

@@ -57,6 +57,11 @@ async def test_an_owner_s_opt_out_beats_the_site_s_licence_and_the_other_is_paid
                 assert "share" in (await r.json())["message"]
             async with s.get(f"{admin_url}/owners") as r:
                 assert [o["name"] for o in (await r.json())["owners"]] == ["alice", "bob"]
+            # The licence server answers on the admin listener as well.
+            async with s.get(f"{admin_url}/.well-known/jwks.json") as r:
+                assert r.status == 200
+            async with s.post(f"{admin_url}/token", data={"grant_type": "nope"}) as r:
+                assert r.status == 401  # no client credentials: invalid_client
             basic = base64.b64encode(f"acme:{secret}".encode()).decode()
             form = {"grant_type": "rsl", "license": "ai-train-standard",
                     "resource": gk.url + "/articles/bob/1"}

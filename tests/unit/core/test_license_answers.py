@@ -97,6 +97,9 @@ def test_require_license_answers(
     else:
         assert auth is not None
         assert auth.startswith(f'License error="{challenge}"')
+    if status in (401, 402):
+        assert auth is not None
+        assert 'authorization_uri="/.well-known/gatekeeper/token"' in auth
     body = json.loads(d.body)
     assert body["status"] == status
     assert body["rsl"] == "/license.xml"
