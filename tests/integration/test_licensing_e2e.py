@@ -149,3 +149,40 @@ async def test_the_terms_page_and_rsl_are_served_without_any_policy_decision(
             assert r.status == 200
     assert "ai-train-standard" in json.dumps(terms)
     assert upstream.seen == []
+
+
+async def test_a_licence_s_request_limit_is_enforced_per_licensee_and_period(
+    upstream: Upstream, start_gatekeeper: StartGate, tmp_path: Path
+) -> None:
+    policy = """
+version: 1
+licenses:
+  - name: metered
+    usages: [ai-train]
+    limits: {requests: 2, per: day}
+rules:
+  - match: {purposes: [ai-training]}
+    action: {require_license: {any_of: [metered]}}
+"""
+    state = tmp_path / "state"
+    Keyring.generate(state / "keys")
+    secret = Licensees(state / "licensees.json").add("acme", "Acme AI", "GPTBot", ["metered"])
+    gk = await start_gatekeeper(upstream.url, policy, trusted_proxies=("127.0.0.0/8",),
+                                site_hosts=("127.0.0.1",), state_dir=str(state))
+    basic = base64.b64encode(f"acme:{secret}".encode()).decode()
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gk.url + "/.well-known/gatekeeper/token",
+                          data={"grant_type": "rsl", "license": "metered",
+                                "resource": gk.url + "/a"},
+                          headers={"Authorization": f"Basic {basic}"}) as r:
+            token = (await r.json())["access_token"]
+        statuses, retry = [], None
+        for _ in range(3):
+            async with s.get(gk.url + "/a", headers={**OPENAI,
+                                                     "Authorization": f"License {token}"}) as r:
+                statuses.append(r.status)
+                retry = r.headers.get("Retry-After")
+    assert statuses == [200, 200, 429]  # a free licence: no price header needed
+    assert retry is not None
+    assert 0 < int(retry) <= 86400  # until the day (UTC) ends
+    assert len(upstream.seen) == 2

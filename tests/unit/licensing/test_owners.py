@@ -99,3 +99,26 @@ def test_owners_are_paid_their_share_exactly() -> None:
     paid = with_shares(rows, {"bob": Decimal("33.3")})
     assert paid[0].revenue == {"USD": Decimal("0.0019980")}
     assert paid[1].revenue == {"USD": Decimal(0)}
+
+
+@pytest.mark.parametrize(
+    ("period", "now", "start", "end"),
+    [
+        ("day", "2026-11-29T13:05:00", "2026-11-29T00:00:00", "2026-11-30T00:00:00"),
+        ("month", "2026-12-31T23:59:59", "2026-12-01T00:00:00", "2027-01-01T00:00:00"),
+        ("month", "2026-02-10T00:00:00", "2026-02-01T00:00:00", "2026-03-01T00:00:00"),
+        ("year", "2026-07-01T00:00:00", "2026-01-01T00:00:00", "2027-01-01T00:00:00"),
+    ],
+)
+def test_quota_periods_are_calendar_periods_in_utc(
+    period: str, now: str, start: str, end: str
+) -> None:
+    import calendar
+
+    from gatekeeper.core.model import PricePer
+    from gatekeeper.licensing.check import period_bounds
+
+    def unix(text: str) -> float:
+        return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%S")))
+
+    assert period_bounds(PricePer(period), unix(now)) == (unix(start), unix(end))
