@@ -8,6 +8,7 @@ and handed to each other.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from collections.abc import Mapping
@@ -323,6 +324,7 @@ async def serve(c: Components) -> None:
 
     def started(listeners: Listeners) -> None:
         (lh, lp), (ah, ap) = listeners.addresses
+        freeze_long_lived()
         log.info("started", listen=f"{lh}:{lp}", admin_listen=f"{ah}:{ap}",
                  upstream=c.settings.upstream, policy=c.holder.current.source)
 
@@ -367,6 +369,22 @@ async def open_ledger(c: Components) -> FileLedger:
     return ledger
 
 
+def freeze_long_lived() -> None:
+    """Move everything alive now out of the garbage collector's reach.
+
+    The catalog, the compiled policy, the range lists and the module objects live
+    as long as the process, and every full collection would walk them again: with
+    them frozen, a collection only looks at what requests allocate. Measured with
+    bench/run.sh: allow-path p99 from 2.3x the bare pass-through's to 0.96x.
+    Called after start-up and after each range-list reload: unfrozen first, so the
+    lists just replaced are collected (one full collection every few hours), then
+    everything still alive is frozen again.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 def range_refresher(c: Components) -> RangeRefresher | None:
     """Refreshes the range lists in the background; None when switched off."""
     interval = c.settings.ranges_refresh_interval
@@ -376,6 +394,7 @@ def range_refresher(c: Components) -> RangeRefresher | None:
     def reloaded(registry: RangeRegistry, results: list[UpdateResult]) -> None:
         c.identity.ranges.current = registry
         c.recorder.ranges_refreshed(registry, results)
+        freeze_long_lived()
 
     return RangeRefresher(c.settings.ranges_sources_path(), c.settings.ranges_cache_path(),
                           interval,
