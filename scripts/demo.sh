@@ -21,7 +21,9 @@ Try, in another terminal:
   # a browser: forwarded to the origin (200)
   curl -i http://$listen/articles/ai-and-you -A 'Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0'
 
-  # GPTBot, an AI training crawler: blocked by the default policy (403)
+  # "GPTBot" from your machine, which is not one of OpenAI's published addresses:
+  # a spoofer, blocked by the default policy (403); the real GPTBot would be blocked
+  # too, as an AI training crawler
   curl -i http://$listen/articles/ai-and-you -A 'Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2; +https://openai.com/gptbot)'
 
   # robots.txt is never gated, not even for GPTBot (200)
@@ -29,6 +31,7 @@ Try, in another terminal:
 
   # what the gate decides, and why, without sending anything
   .venv/bin/gatekeeper explain --ua 'GPTBot/1.2' --path /articles/ai-and-you
+  .venv/bin/gatekeeper explain --ua 'GPTBot/1.2' --path /articles/ai-and-you --ip 20.171.206.7
 
   # metrics and health on the admin listener
   curl -s http://$admin/metrics | grep '^gatekeeper_requests_total'
