@@ -32,6 +32,7 @@ from gatekeeper.core.model import (
     action_name,
 )
 from gatekeeper.core.ratelimit import LimitResult
+from gatekeeper.core.terms import license_json
 
 DEFAULT_RULE = "default"
 
@@ -274,7 +275,7 @@ def _license_decision(
         "rule": rule,
         "message": message,
         "token_error": failure or None,
-        "licenses": [_offer(o) for o in offers],
+        "licenses": [license_json(o) for o in offers],
         "terms": policy.license_terms_url,
         "rsl": policy.rsl_url,
         "token_endpoint": policy.token_url,
@@ -289,20 +290,6 @@ def _license_decision(
         "require_license", rule, reason, forward=False, status=status,
         headers=tuple(headers), body=body, would_status=status,
     )
-
-
-def _offer(lic: License) -> dict[str, object]:
-    price = lic.price
-    return {
-        "name": lic.name,
-        "usages": list(lic.usages),
-        "paths": [p.text for p in lic.paths] if lic.paths is not None else None,
-        "price": None if price is None else {
-            "amount": str(price.amount), "currency": price.currency, "per": price.per.value,
-        },
-        "contact": lic.contact or None,
-        "token_validity_seconds": int(lic.validity),
-    }
 
 
 def _rsl_link(policy: Policy) -> tuple[str, str]:
