@@ -1,5 +1,5 @@
-"""Command line: `gatekeeper run | check | explain | crawlers | keys | licensee | token |
-ledger | schema | --version`.
+"""Command line: `gatekeeper run | check | explain | declarations | crawlers | keys |
+licensee | token | ledger | schema | --version`.
 
 Parses arguments, resolves settings and hands over to `wiring`; no policy
 logic lives here.
@@ -47,6 +47,18 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate policy files (exit 0 valid, 1 invalid)")
     check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("--robots-txt", metavar="FILE",
+                       help="the origin's robots.txt: report groups that contradict the policy")
+
+    dec = sub.add_parser("declarations",
+                         help="print robots.txt, tdmrep.json, the RSL document and the "
+                              "headers generated from a policy")
+    dec.add_argument("--policy", help="policy YAML file (default: the embedded default policy)")
+    dec.add_argument("--robots-txt", metavar="FILE", help="the origin's robots.txt to merge")
+    dec.add_argument("--host", default="localhost", help="the site's host name")
+    dec.add_argument("--scheme", default="https", choices=["http", "https"])
+    dec.add_argument("--only", choices=["robots.txt", "tdmrep.json", "license.xml", "headers"],
+                     help="print one document only")
 
     ex = sub.add_parser("explain", help="show the decision for a request described by flags")
     ex.add_argument("--ua", default="", help="User-Agent header")
@@ -85,7 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "check":
-            return _check(args.files)
+            return _check(args.files, args.robots_txt)
+        if args.command == "declarations":
+            return _declarations(args)
         if args.command == "explain":
             return _explain(args)
         if args.command == "crawlers":
@@ -117,11 +131,15 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
-def _check(files: Sequence[str]) -> int:
+def _check(files: Sequence[str], robots_txt: str | None = None) -> int:
     from gatekeeper.catalog_loader import load_catalog
+    from gatekeeper.core.declarations import plan
+    from gatekeeper.core.robots import RobotsRules
     from gatekeeper.policy.loader import load_policy_file
+    from gatekeeper.vocabulary_loader import load_vocabularies
 
     catalog = load_catalog()
+    origin = RobotsRules.parse(_read(robots_txt)) if robots_txt else None
     failed = False
     for path in files:
         try:
@@ -131,8 +149,58 @@ def _check(files: Sequence[str]) -> int:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
             continue
-        print(f"{path}: ok ({len(policy.rules)} rules, mode {policy.mode.value})")
+        found = plan(policy, catalog, load_vocabularies(), host="localhost", origin=origin)
+        for note in dict.fromkeys(f"{n.pattern}: {n.reason}" for n in found.notes):
+            print(f"{path}: note: {note}", file=sys.stderr)
+        for conflict in found.conflicts:
+            failed = True
+            print(f"{path}: conflict with {robots_txt}: {conflict}", file=sys.stderr)
+        if not found.conflicts:
+            print(f"{path}: ok ({len(policy.rules)} rules, mode {policy.mode.value})")
     return 1 if failed else 0
+
+
+def _declarations(args: argparse.Namespace) -> int:
+    from gatekeeper.catalog_loader import load_catalog
+    from gatekeeper.declare import declarations
+    from gatekeeper.vocabulary_loader import load_vocabularies
+    from gatekeeper.wiring import load_policy
+
+    catalog = load_catalog()
+    policy = load_policy(args.policy, catalog)
+    origin = _read(args.robots_txt) if args.robots_txt else None
+    site = f"{args.scheme}://{args.host}"
+    d = declarations(policy, catalog, load_vocabularies(), site=site, host=args.host,
+                     origin_txt=origin)
+    sections = {
+        "robots.txt": d.robots.text,
+        "tdmrep.json": d.tdmrep.decode(),
+        "license.xml": d.rsl.decode(),
+        "headers": "".join(
+            f"{pattern:<24} " + "; ".join(f"{n}: {v}" for n, v in
+                                          d.plan.headers_for(pattern.rstrip("$"), d.rsl_url))
+            + "\n" for pattern in sorted({r.location for r in d.plan.tdm} | {"/"})),
+    }
+    if args.only:
+        print(sections[args.only], end="")
+        return 0
+    for name, text in sections.items():
+        where = "response headers, by path" if name == "headers" else f"{site}/{name}"
+        print(f"==> {where}\n{text}")
+    for title, items in (("notes", [f"{n.pattern}: {n.reason}" for n in d.plan.notes]),
+                         ("conflicts with the origin's robots.txt", list(d.plan.conflicts))):
+        if items:
+            print(f"==> {title}")
+            print("\n".join(dict.fromkeys(items)))
+    return 0
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise GatekeeperError(f"{path}: cannot read: {exc.strerror}") from None
 
 
 def _schema() -> int:
@@ -155,13 +223,7 @@ def _explain(args: argparse.Namespace) -> int:
     if args.ua:
         headers["User-Agent"] = args.ua
     headers.setdefault("Host", args.host)
-    robots_txt = None
-    if args.robots_txt:
-        try:
-            with open(args.robots_txt, "rb") as f:
-                robots_txt = f.read()
-        except OSError as exc:
-            raise GatekeeperError(f"{args.robots_txt}: cannot read: {exc.strerror}") from None
+    robots_txt = _read(args.robots_txt) if args.robots_txt else None
     settings = resolve(args.config, {"policy": args.policy})
     report = asyncio.run(
         explain.explain(

@@ -2,10 +2,11 @@
 
 It runs the same pieces as the proxy (target canonicalisation, catalog, identity
 verification against the range lists and reverse DNS, robots.txt compliance when a
-robots.txt is given, the policy evaluation through `Gate`), so what it prints is
-what the proxy does. Behaviour is the one thing it cannot show: a score needs the
-client's recent requests, and explain sees one: it scores the request as if it
-were the client's first, which shows what this request alone contributes.
+robots.txt is given, the policy evaluation through `Gate`, the declarations the
+main listener serves), so what it prints is what the proxy does. Behaviour is the
+one thing it cannot show: a score needs the client's recent requests, and explain
+sees one: it scores the request as if it were the client's first, which shows
+what this request alone contributes.
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from typing import Any
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gatekeeper.core.behaviour import BehaviourConfig, describe
+from gatekeeper.core.catalog import Catalog, Crawler
 from gatekeeper.core.facts import RequestFacts
-from gatekeeper.core.model import RateLimit
+from gatekeeper.core.model import Policy, RateLimit, RobotsMode
 from gatekeeper.core.robots import RobotsRules
+from gatekeeper.declare import declarations
 from gatekeeper.edge.target import BadRequest, canonicalize, check_host
 from gatekeeper.gate import Gate, Outcome
 from gatekeeper.settings import Settings
 from gatekeeper.store.memory import MemoryStore
+from gatekeeper.vocabulary_loader import load_vocabularies
 
 
 class StaticRobots:
@@ -110,6 +114,8 @@ async def explain(
             "note": f"forwarded until {limit.burst} requests arrive faster than the rate, "
                     "then 429 with Retry-After",
         }
+    report["declarations"] = _declarations(policy, catalog, host, facts.path, crawler,
+                                           robots_txt)
     report["decision"] = {
         "forward": decision.forward,
         "reason": decision.reason.value,
@@ -160,6 +166,24 @@ def _robots(outcome: Outcome, given: bool) -> dict[str, Any]:
             "group": verdict.group or None, "violation": outcome.robots_violation}
 
 
+def _declarations(policy: Policy, catalog: Catalog, host: str, path: str,
+                  crawler: Crawler | None, robots_txt: bytes | None) -> dict[str, Any]:
+    """What the served robots.txt and the response headers declare for this path."""
+    served = declarations(policy, catalog, load_vocabularies(), site=f"https://{host}",
+                          host=host, origin_txt=robots_txt)
+    token = crawler.robots_token if crawler is not None else "*"
+    if policy.declarations.robots_txt is RobotsMode.OFF:
+        robots: dict[str, Any] = {"served": False}
+    else:
+        verdict = RobotsRules.parse(served.robots.text.encode()).verdict(token, path)
+        group = served.plan.group_for(crawler.name) if crawler is not None else None
+        robots = {"served": True, "token": token, "allowed": verdict.allowed,
+                  "rule": verdict.rule or None, "group": verdict.group or None,
+                  "generated_group": group is not None}
+    return {"robots_txt": robots,
+            "headers": [list(h) for h in served.plan.headers_for(path, served.rsl_url)]}
+
+
 def render_text(report: dict[str, Any]) -> str:
     lines = [f"policy:         {report['policy']} (mode {report['mode']})"]
     req = report["request"]
@@ -202,6 +226,20 @@ def render_text(report: dict[str, Any]) -> str:
         rl = rule["rate_limit"]
         lines.append(f"rate limit:     {rl['per_second']:g}/s, burst {rl['burst']}, per "
                      f"{rl['key']}: {rl['note']}")
+    declared = report["declarations"]
+    robots_txt = declared["robots_txt"]
+    if robots_txt["served"]:
+        said = "allows" if robots_txt["allowed"] else "disallows"
+        by = f" ({robots_txt['rule']})" if robots_txt["rule"] else ""
+        origin = "generated from the policy" if robots_txt["generated_group"] else \
+            f"group {robots_txt['group'] or 'none'}"
+        lines.append(f"declared:       served robots.txt {said} this path for "
+                     f"{robots_txt['token']}{by}, {origin}")
+    else:
+        lines.append("declared:       robots.txt is the origin's own (declarations.robots_txt: "
+                     "off)")
+    for name, value in declared["headers"]:
+        lines.append(f"                {name}: {value}")
     d = report["decision"]
     if d["forward"]:
         verdict = "forward to the upstream"

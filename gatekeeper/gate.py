@@ -41,6 +41,9 @@ class LicenseChecker(Protocol):
     ) -> LicenseCheck | None: ...
 
 
+# How a read of a public document is logged and counted: served, by no rule of the policy.
+DECLARATION = Decision("allow", "declarations", Reason.ALLOWED, forward=True)
+
 _LICENSE_CHECK_UNAVAILABLE = Decision(
     "require_license", "license-check", Reason.LICENSE_REQUIRED, forward=False, status=503,
     headers=(("Content-Type", "application/json"), ("Retry-After", "5")),
@@ -128,21 +131,8 @@ class Gate:
         self._robots = robots
 
     async def decide(self, facts: RequestFacts) -> Outcome:
-        cls = self._classifier.classify(facts.user_agent)
-        claimed: Classification | None = None
-        verification: Verification | None = None
+        cls, identity, verification, claimed = await self._identify(facts)
         license: LicenseCheck | None = None
-        if self._identity is None:
-            # Without verification a claimed crawler is only a claim.
-            identity = Identity.UNKNOWN if cls.crawler is None else Identity.UNVERIFIED
-        elif cls.crawler is None and "Signature-Input" not in facts.headers:
-            identity = Identity.UNKNOWN  # the common case: a browser, nothing to check
-        else:
-            verification = await self._identity.verify(facts, cls)
-            identity = verification.identity
-            signer = verification.signed_as
-            if signer is not None and cls.crawler is not signer:
-                claimed, cls = cls, Classification(Kind.CRAWLER, signer)
         robots = await self._robots_verdict(facts, cls) if self._robots is not None else None
         disallowed = None if robots is None else not robots.allowed
         score: Score | None = None
@@ -187,6 +177,36 @@ class Gate:
             await self._store.note_refusal(keys, cls.crawler.name, facts.now)
         return Outcome(cls, identity, decision, fallback, selected, verification, claimed,
                        robots, score, license, owner.name if owner is not None else "")
+
+    async def read_declaration(self, facts: RequestFacts) -> Outcome:
+        """A request for a public document (robots.txt, TDMRep, licence terms): who
+        asked is classified, verified and counted in its behaviour window, but no rule
+        applies. The documents that say what crawlers may do are never gated."""
+        cls, identity, verification, claimed = await self._identify(facts)
+        score: Score | None = None
+        if self._behaviour is not None:
+            score = await self._score(facts, cls, client_keys(facts.client_ip), False,
+                                      self._behaviour)
+        return Outcome(cls, identity, DECLARATION, False, None, verification, claimed,
+                       None, score)
+
+    async def _identify(
+        self, facts: RequestFacts
+    ) -> tuple[Classification, Identity, Verification | None, Classification | None]:
+        """(classification, identity state, how it was verified, what the user agent
+        claimed when a signature says otherwise)."""
+        cls = self._classifier.classify(facts.user_agent)
+        if self._identity is None:
+            # Without verification a claimed crawler is only a claim.
+            return cls, Identity.UNKNOWN if cls.crawler is None else Identity.UNVERIFIED, \
+                None, None
+        if cls.crawler is None and "Signature-Input" not in facts.headers:
+            return cls, Identity.UNKNOWN, None, None  # a browser: nothing to check
+        verification = await self._identity.verify(facts, cls)
+        signer = verification.signed_as
+        if signer is not None and cls.crawler is not signer:
+            return Classification(Kind.CRAWLER, signer), verification.identity, verification, cls
+        return cls, verification.identity, verification, None
 
     async def _license(
         self, facts: RequestFacts, cls: Classification, verification: Verification | None,

@@ -54,6 +54,7 @@ from gatekeeper.verify.range_update import RangeRefresher, UpdateResult
 from gatekeeper.verify.ranges import RangeRegistry
 from gatekeeper.verify.rdns import ReverseDnsVerifier
 from gatekeeper.verify.webbotauth import WebBotAuthVerifier
+from gatekeeper.vocabulary_loader import load_vocabularies
 
 
 def load_policy(path: str | None, catalog: Catalog) -> Policy:
@@ -214,21 +215,25 @@ def proxy_app(c: Components, gate: Gate | None = None,
     proxy's own upstream pool."""
     gate = gate or c.gate
     robots: list[OriginRobots] = []
+    keyring = c.licensing.keyring
+    documents = Documents(c.holder.get, lambda: keyring.jwks() if keyring is not None else None,
+                          c.holder.get().token_url, c.licensing.owners.current,
+                          crawlers=c.catalog, vocab=load_vocabularies())
 
     def attach(session: aiohttp.ClientSession) -> None:
+        # One reader of the origin's robots.txt: the gate judges compliance with it and
+        # the served robots.txt merges it.
+        robots.append(OriginRobots(session, c.settings.upstream, ttl=c.settings.robots_ttl))
+        documents.attach_origin(robots[-1])
         if c.settings.robots_compliance:
-            robots.append(OriginRobots(session, c.settings.upstream, ttl=c.settings.robots_ttl))
             gate.attach_robots(robots[-1])
 
     async def detach() -> None:
         gate.attach_robots(None)
+        documents.attach_origin(None)
         for source in robots:
             await source.close()
 
-    keyring = c.licensing.keyring
-    documents = Documents(c.holder.get, lambda: keyring.jwks() if keyring is not None else None,
-                          c.holder.get().token_url,
-                          c.licensing.owners.current)
     return ProxyService(gate, observer or c.recorder, c.settings, c.upstream, c.trusted,
                         on_session=attach, on_close=detach, documents=documents,
                         endpoints=licence_endpoints(c))

@@ -188,6 +188,36 @@ class HostSection:
     rules: tuple[Rule, ...]
 
 
+class RobotsMode(StrEnum):
+    """How `/robots.txt` is answered (see docs/declarations.md)."""
+
+    MERGE = "merge"  # the origin's file plus groups generated from the policy
+    REPLACE = "replace"  # only what the policy generates
+    OFF = "off"  # the origin's file, forwarded untouched
+
+
+@dataclass(frozen=True, slots=True)
+class UsageStatement:
+    """Usage preferences the operator states for some paths, beyond what rules enforce.
+
+    `words` are aipref words with True for "y". A statement can only make a
+    declaration stricter: where the policy refuses a use, "n" is declared whatever
+    is stated (`gatekeeper check` reports the contradiction).
+    """
+
+    paths: tuple[Pattern, ...]
+    words: tuple[tuple[str, bool], ...]
+    source: SourceRef | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeclarationSettings:
+    robots_txt: RobotsMode = RobotsMode.MERGE
+    tdmrep: bool = True  # /.well-known/tdmrep.json and tdm-* response headers
+    content_usage: bool = True  # Content-Usage headers, robots.txt usage lines
+    usage: tuple[UsageStatement, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     rules: tuple[Rule, ...]
@@ -201,5 +231,6 @@ class Policy:
     # them on the main listener (see docs/licensing.md).
     rsl_url: str = "/license.xml"
     token_url: str = "/.well-known/gatekeeper/token"
+    declarations: DeclarationSettings = DeclarationSettings()
     version: int = 1
     source: str = "<embedded>"

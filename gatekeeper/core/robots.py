@@ -42,6 +42,7 @@ matching backtrack.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -143,10 +144,13 @@ class RobotsRules:
     """The rules of one robots.txt file; build it with `parse`, `allow_all` or
     `disallow_all`. Immutable apart from its per-token cache."""
 
-    __slots__ = ("_by_token", "_cache", "_global", "_groups", "source", "truncated")
+    __slots__ = ("_by_token", "_cache", "_global", "_groups", "source", "text", "truncated")
 
-    def __init__(self, groups: tuple[_Group, ...], *, source: str, truncated: bool) -> None:
+    def __init__(self, groups: tuple[_Group, ...], *, source: str, truncated: bool,
+                 text: str = "") -> None:
         self._groups = groups
+        # The file as parsed (decoded, cut at the parsing limit), for serving it again.
+        self.text = text
         # "parsed", or "allow-all" / "disallow-all" for the RFC 9309 §2.3.1 fallbacks.
         self.source = source
         self.truncated = truncated  # the body was longer than PARSE_LIMIT
@@ -178,7 +182,7 @@ class RobotsRules:
                 body = body[size:]
                 break
         text = body.decode("utf-8", errors="replace")
-        return cls(_parse_groups(text), source="parsed", truncated=truncated)
+        return cls(_parse_groups(text), source="parsed", truncated=truncated, text=text)
 
     @classmethod
     def allow_all(cls) -> RobotsRules:
@@ -204,6 +208,16 @@ class RobotsRules:
                 return RobotsVerdict(rule.allow, rule.text, choice.group)
         return RobotsVerdict(True, "", choice.group)
 
+    def names(self, robots_token: str) -> bool:
+        """Whether a group names this product token itself (not only `*`)."""
+        key = robots_token.lower()
+        return bool(key) and key != "*" and key in self._by_token
+
+    def patterns(self) -> tuple[str, ...]:
+        """Every Allow and Disallow pattern of the file, in file order."""
+        return tuple(rule.text.partition(": ")[2]
+                     for group in self._groups for rule in group.rules)
+
     def _choose(self, robots_token: str) -> _Choice:
         key = robots_token.lower()
         choice = self._cache.get(key)
@@ -217,20 +231,52 @@ class RobotsRules:
         else:
             indexes, group = [], ""
         rules = [rule for index in dict.fromkeys(indexes) for rule in self._groups[index].rules]
-        plain: dict[str, _Rule] = {}
-        for rule in rules:
-            if rule.plain:
-                known = plain.get(rule.segments[0])
-                if known is None or (rule.allow and not known.allow):
-                    plain[rule.segments[0]] = rule
-        wildcards = sorted((rule for rule in rules if not rule.plain),
-                           key=lambda rule: rule.rank, reverse=True)
-        lengths = tuple(sorted({len(pattern) for pattern in plain}, reverse=True))
-        choice = _Choice(group, plain, lengths, tuple(wildcards))
+        choice = _index(group, rules)
         if len(self._cache) >= _MAX_CACHED_TOKENS:
             self._cache.clear()
         self._cache[key] = choice
         return choice
+
+
+class PatternSet:
+    """Which of some RFC 9309 path patterns is the most specific match for a path.
+
+    The same longest-match rule as `RobotsRules.verdict`, over bare patterns: the
+    declarations use it to find the region of the policy a path falls in.
+    """
+
+    __slots__ = ("_choice", "_names")
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        rules: list[_Rule] = []
+        self._names: dict[int, str] = {}
+        for pattern in dict.fromkeys(patterns):
+            rule = _compile_rule(True, pattern)
+            if rule is not None:
+                rules.append(rule)
+                self._names[id(rule)] = pattern
+        self._choice = _index("", rules)
+
+    def best(self, path: str) -> str | None:
+        """The matching pattern with the most octets, or None when none matches."""
+        normal = path if _PLAIN.fullmatch(path) else _normalise(path)
+        rule = self._choice.best(normal)
+        return None if rule is None else self._names[id(rule)]
+
+
+def _index(group: str, rules: Iterable[_Rule]) -> _Choice:
+    plain: dict[str, _Rule] = {}
+    wild: list[_Rule] = []
+    for rule in rules:
+        if rule.plain:
+            known = plain.get(rule.segments[0])
+            if known is None or (rule.allow and not known.allow):
+                plain[rule.segments[0]] = rule
+        else:
+            wild.append(rule)
+    wildcards = sorted(wild, key=lambda rule: rule.rank, reverse=True)
+    lengths = tuple(sorted({len(pattern) for pattern in plain}, reverse=True))
+    return _Choice(group, plain, lengths, tuple(wildcards))
 
 
 def _agent_naming(group: _Group, key: str) -> str:

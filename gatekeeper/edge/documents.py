@@ -1,75 +1,189 @@
-"""The public documents the main listener answers itself, before any policy.
+"""The public documents the main listener answers itself, never gated.
 
-Crawlers must be able to read the terms they are asked to accept, so these are
-never gated: the RSL licence document (`Policy.rsl_url`), the human-readable
-terms (`Policy.license_terms_url`; JSON with `Accept: application/json` or
-`?format=json`) and the public keys that verify licence tokens
-(`/.well-known/jwks.json`). Every other path goes to the gate. Only GET and HEAD
-are answered; documents are rendered from the serving policy and cached per
-policy and host, so a reload is seen by the next request.
+Crawlers must be able to read what they may do and the terms they are asked to
+accept, so these are served whatever the policy says about the client:
+
+- `/robots.txt`: the origin's file merged with the groups the policy declares
+  (`declarations.robots_txt: merge`), or only the generated part (`replace`);
+  with `off` the origin's file is forwarded like any other path.
+- `/.well-known/tdmrep.json`: the TDMRep rules (unless `declarations.tdmrep` is off).
+- The RSL licence document (`Policy.rsl_url`), the human-readable terms
+  (`Policy.license_terms_url`; JSON with `Accept: application/json` or
+  `?format=json`) and the public keys that verify licence tokens
+  (`/.well-known/jwks.json`).
+
+Only GET and HEAD are answered. Documents are rendered from the serving policy
+and cached per policy, owners, host and origin robots.txt, so a reload or a new
+origin file is seen by the next request. `response_headers` gives the
+declaration headers (Content-Usage, tdm-reservation, tdm-policy, Link) that
+forwarded responses carry.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Final
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Final, Protocol
 
 from aiohttp import web
 
-from gatekeeper.core.model import Policy
+from gatekeeper.core.catalog import Crawler
+from gatekeeper.core.declarations import Plan, plan
+from gatekeeper.core.model import Policy, RobotsMode
 from gatekeeper.core.owners import NO_OWNERS, Owners, Stance
+from gatekeeper.core.robots import RobotsRules
 from gatekeeper.core.rsl import RSL_MEDIA_TYPE, render_rsl
+from gatekeeper.core.tdmrep import render_tdmrep
 from gatekeeper.core.terms import render_terms_html, render_terms_json
+from gatekeeper.core.usage import Vocabularies
+from gatekeeper.declare import robots_document
+from gatekeeper.observe import logging as gk_logging
 
 JWKS_PATH: Final = "/.well-known/jwks.json"
+ROBOTS_PATH: Final = "/robots.txt"
+TDMREP_PATH: Final = "/.well-known/tdmrep.json"
 _MAX_CACHED: Final = 256
+# Plans are keyed by what they depend on, not by host: hosts are chosen by clients.
+_MAX_PLANS: Final = 16
+
+_log = gk_logging.get_logger("gatekeeper.declarations")
+
+
+class OriginSource(Protocol):
+    """The origin's robots.txt per host (`gatekeeper.edge.origin_robots.OriginRobots`)."""
+
+    async def rules(self, host: str) -> RobotsRules: ...
+
+    def peek(self, host: str) -> RobotsRules | None: ...
 
 
 class Documents:
-    """Answers for the public document paths; `answer` returns None for other paths.
+    """Answers for the public document paths; see the module docstring.
 
     `jwks` returns the current JWK Set (None when no signing key exists yet);
     `token_url` is where crawler vendors obtain tokens, as an absolute URL or a path
-    on this site.
+    on this site; `crawlers` and `vocab` are what declarations are derived over.
     """
 
     def __init__(self, policy: Callable[[], Policy], jwks: Callable[[], Mapping[str, object]
-                 | None], token_url: str, owners: Callable[[], Owners] | None = None) -> None:
+                 | None], token_url: str, owners: Callable[[], Owners] | None = None, *,
+                 crawlers: Iterable[Crawler] = (), vocab: Vocabularies | None = None) -> None:
         self._policy = policy
         self._jwks = jwks
         self._token_url = token_url
         self._owners = owners or (lambda: NO_OWNERS)
+        self._crawlers = tuple(crawlers)
+        self._vocab = vocab
+        self._origin: OriginSource | None = None
         self._cache: dict[tuple[int, int, str, str], tuple[bytes, str]] = {}
+        self._plans: dict[tuple[int, int, int, str], Plan] = {}
+        self._reported: set[tuple[int, str]] = set()
 
-    def paths(self) -> frozenset[str]:
-        policy = self._policy()
-        return frozenset({policy.rsl_url, policy.license_terms_url, JWKS_PATH})
+    def attach_origin(self, origin: OriginSource | None) -> None:
+        """Where the origin's robots.txt is read (set once the upstream pool exists)."""
+        self._origin = origin
 
-    def answer(self, method: str, path: str, query: str, host: str, scheme: str,
-               accept: str) -> web.Response | None:
+    def kind(self, method: str, path: str) -> str | None:
+        """Which document `path` is ("robots.txt", "tdmrep.json", "license.xml",
+        "terms", "jwks.json"), or None for paths the gate decides."""
         if method not in ("GET", "HEAD"):
             return None
         policy = self._policy()
+        declarations = policy.declarations
+        if path == ROBOTS_PATH:
+            usable = self._vocab is not None and declarations.robots_txt is not RobotsMode.OFF
+            return "robots.txt" if usable else None
+        if path == TDMREP_PATH:
+            return "tdmrep.json" if self._vocab is not None and declarations.tdmrep else None
+        if path == policy.rsl_url:
+            return "license.xml"
+        if path == policy.license_terms_url:
+            return "terms"
         if path == JWKS_PATH:
-            jwks = self._jwks()
-            if jwks is None:
-                return None  # no key: the origin may have its own file there
+            return "jwks.json" if self._jwks() is not None else None
+        return None
+
+    async def answer(self, kind: str, method: str, query: str, host: str, scheme: str,
+                     accept: str) -> web.Response:
+        """The document `kind` names (see `kind`)."""
+        policy = self._policy()
+        site = f"{scheme}://{host}"
+        if kind == "robots.txt":
+            return await self._robots(policy, host, site)
+        if kind == "tdmrep.json":
+            doc = render_tdmrep(self.plan(policy, host, self._peek(host)),
+                                _absolute(site, policy.rsl_url))
+            return _response(method, doc, "application/json")
+        if kind == "jwks.json":
+            jwks = self._jwks() or {}
             return _response(method, json.dumps(jwks, sort_keys=True).encode(),
                              "application/jwk-set+json")
-        if path not in (policy.rsl_url, policy.license_terms_url):
-            return None
         wants_json = "format=json" in query or "application/json" in accept
-        kind = "rsl" if path == policy.rsl_url else ("json" if wants_json else "html")
+        form = "rsl" if kind == "license.xml" else ("json" if wants_json else "html")
         owners = self._owners()
-        key = (id(policy), id(owners), f"{scheme}://{host}", kind)
+        key = (id(policy), id(owners), site, form)
         cached = self._cache.get(key)
         if cached is None:
-            cached = self._render(policy, owners, f"{scheme}://{host}", kind)
+            cached = self._render(policy, owners, site, form)
             if len(self._cache) >= _MAX_CACHED:
                 self._cache.clear()
             self._cache[key] = cached
         return _response(method, *cached)
+
+    def response_headers(self, host: str, path: str, scheme: str) -> tuple[tuple[str, str], ...]:
+        """The declaration headers for a forwarded response on `path`; no I/O."""
+        if self._vocab is None:
+            return ()
+        policy = self._policy()
+        declarations = policy.declarations
+        if not (declarations.tdmrep or declarations.content_usage):
+            return ()
+        rsl = policy.rsl_url
+        if rsl.startswith("/"):
+            rsl = f"{scheme}://{host}{rsl}"
+        return self.plan(policy, host, self._peek(host)).headers_for(path, rsl)
+
+    def plan(self, policy: Policy, host: str, origin: RobotsRules | None) -> Plan:
+        """The declarations for `host` (cached; see `gatekeeper.core.declarations`)."""
+        assert self._vocab is not None
+        owners = self._owners()
+        section = next((i for i, s in enumerate(policy.host_sections)
+                        if any(p.match(host) for p in s.hosts)), -1)
+        text = origin.text if origin is not None else ""
+        key = (id(policy), id(owners), section, text)
+        found = self._plans.get(key)
+        if found is None:
+            found = plan(policy, self._crawlers, self._vocab, host=host, origin=origin,
+                         owners=owners)
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[key] = found
+            self._report(policy, found)
+        return found
+
+    def _report(self, policy: Policy, found: Plan) -> None:
+        for conflict in found.conflicts:
+            if (id(policy), conflict) not in self._reported:
+                self._reported.add((id(policy), conflict))
+                _log.warning("robots_txt_conflict", detail=conflict)
+
+    def _peek(self, host: str) -> RobotsRules | None:
+        origin = self._origin.peek(host) if self._origin is not None else None
+        return origin if origin is not None and origin.source == "parsed" else None
+
+    async def _robots(self, policy: Policy, host: str, site: str) -> web.Response:
+        origin: RobotsRules | None = None
+        if self._origin is not None:
+            origin = await self._origin.rules(host)
+            if origin.source == "disallow-all":
+                # The origin's file is unreachable and no recent copy exists: RFC 9309
+                # crawlers read a 5xx as "disallow everything", which is what we know.
+                return web.Response(status=503, text="robots.txt is unavailable\n",
+                                    headers={"Retry-After": "60"})
+            if origin.source != "parsed":
+                origin = None
+        doc = robots_document(policy, self.plan(policy, host, origin), origin, site)
+        return _response("GET", doc.text.encode(), "text/plain; charset=utf-8")
 
     def _render(self, policy: Policy, owners: Owners, site: str,
                 kind: str) -> tuple[bytes, str]:

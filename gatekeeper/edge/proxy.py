@@ -184,11 +184,9 @@ class Proxy:
             if answered is not None:
                 return answered
         if self._documents is not None:
-            document = self._documents.answer(
-                request.method, facts.path, facts.query, facts.host, request.scheme,
-                request.headers.get("Accept", ""))
-            if document is not None:
-                return document
+            kind = self._documents.kind(request.method, facts.path)
+            if kind is not None:
+                return await self._document(request, facts, kind, started)
         try:
             outcome = await self._gate.decide(facts)
         except Exception:
@@ -208,6 +206,21 @@ class Proxy:
         if upgrade:
             return await self._websocket(request, facts, outcome, address.chain, started)
         return await self._forward(request, facts, outcome, address.chain, declared, started)
+
+    async def _document(self, request: web.BaseRequest, facts: RequestFacts, kind: str,
+                        started: float) -> web.StreamResponse:
+        """A public document, served whatever the policy says about the client."""
+        assert self._documents is not None
+        outcome = await self._gate.read_declaration(facts)
+        resp = await self._documents.answer(
+            kind, request.method, facts.query, facts.host, request.scheme,
+            request.headers.get("Accept", ""))
+        size = resp.content_length or 0 if request.method != "HEAD" else 0
+        self._observer.observe(Observation(facts, outcome, resp.status, size,
+                                           time.perf_counter() - started, document=kind))
+        if self._draining or not request.content.is_eof():
+            resp.force_close()
+        return resp
 
     def _facts(
         self, request: web.BaseRequest, ip: str
@@ -283,8 +296,12 @@ class Proxy:
             upstream_duration = time.perf_counter() - sending
             status = upstream.status
             try:
+                stated: tuple[tuple[str, str], ...] = ()
+                if self._documents is not None and request.method in ("GET", "HEAD"):
+                    stated = self._documents.response_headers(facts.host, facts.path,
+                                                              request.scheme)
                 resp, sent, error = await self._relay(
-                    request, upstream, outcome.decision.response_headers)
+                    request, upstream, outcome.decision.response_headers, stated)
             finally:
                 upstream.release()
             return resp
@@ -338,13 +355,22 @@ class Proxy:
     async def _relay(
         self, request: web.BaseRequest, upstream: aiohttp.ClientResponse,
         added: tuple[tuple[str, str], ...] = (),
+        declared: tuple[tuple[str, str], ...] = (),
     ) -> tuple[web.StreamResponse, int, str | None]:
         """Stream the upstream's response to the client, with the gate's `added`
-        headers (a licence's `Link`, `crawler-charged`); (response, body bytes sent,
-        error kind or None)."""
+        headers (a licence's `Link`, `crawler-charged`) and the policy's `declared`
+        ones (Content-Usage, tdm-*, Link); (response, body bytes sent, error kind or
+        None)."""
         headers = downstream_response_headers(upstream.headers)
         for name, value in added:
             headers[name] = value  # the gate's word replaces an upstream's
+        for name, value in declared:
+            if name == "Link":
+                # The upstream's own links (preload, canonical, ...) stay.
+                if value not in headers.getall("Link", ()):
+                    headers.add(name, value)
+            else:
+                headers[name] = value  # what the policy enforces, not what the origin says
         resp = RelayedResponse(
             status=upstream.status, reason=_safe_reason(upstream.reason), headers=headers,
         )

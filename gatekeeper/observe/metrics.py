@@ -96,6 +96,7 @@ RANGE_UPDATE_RESULTS: Final = ("updated", "unchanged", "failed")
 LICENSE_RESULTS: Final = tuple(s.value for s in LicenseStatus)
 TOKEN_FAILURES: Final = frozenset(f.value for f in TokenFailure)
 BEHAVIOUR_REASONS: Final = tuple(r.value for r in BehaviourReason)
+DOCUMENTS: Final = ("robots.txt", "tdmrep.json", "license.xml", "terms", "jwks.json")
 _REASON_CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
@@ -333,6 +334,12 @@ class Metrics:
             "for them, whatever the policy then did, by crawler.", ["crawler"],
             registry=registry,
         )
+        self.declaration_reads = Counter(
+            "gatekeeper_declaration_requests_total",
+            "Requests for the public documents that declare the policy (robots.txt, "
+            "tdmrep.json, license.xml, terms, jwks.json), by document and crawler.",
+            ["document", "crawler"], registry=registry,
+        )
         self.undeclared = Counter(
             "gatekeeper_undeclared_bot_reasons_total",
             "Reasons present when a client claiming no crawler was scored an undeclared "
@@ -538,6 +545,10 @@ class Metrics:
 
     def robots_violation(self, crawler: str) -> None:
         self.robots_violations.labels(self.crawler_label(crawler)).inc()
+
+    def declaration_read(self, document: str, crawler: str) -> None:
+        self.declaration_reads.labels(_closed(document, DOCUMENTS),
+                                      self.crawler_label(crawler)).inc()
 
     def undeclared_bot(self, reasons: Iterable[str]) -> None:
         for reason in reasons:

@@ -51,6 +51,7 @@ class Observation:
     duration: float  # seconds, whole request as seen by the gate
     upstream_duration: float | None = None  # seconds to upstream response headers
     upstream_error: str | None = None  # "refused", "reset", "timeout", ... when it failed
+    document: str = ""  # the public document served ("robots.txt", ...), "" for others
 
 
 class Observer(Protocol):
@@ -124,6 +125,8 @@ class Recorder:
         if score is not None and score.undeclared:
             m.reclassified("behaviour", cls.name)
             m.undeclared_bot(score.reasons)
+        if obs.document:
+            m.declaration_read(obs.document, cls.name)
         if outcome.robots_violation:
             m.robots_violation(cls.name)
         if outcome.store_fallback:

@@ -43,6 +43,7 @@ from gatekeeper.core.model import (
     Action,
     Allow,
     Block,
+    DeclarationSettings,
     HeaderMatch,
     HostSection,
     License,
@@ -57,11 +58,14 @@ from gatekeeper.core.model import (
     PricePer,
     RateLimit,
     RequireLicense,
+    RobotsMode,
     Rule,
     SourceRef,
+    UsageStatement,
 )
 from gatekeeper.errors import PolicyError, Problem
 from gatekeeper.policy import vocabulary as V
+from gatekeeper.vocabulary_loader import load_vocabularies
 
 DEFAULT_POLICY_NAME = "<embedded default policy>"
 DEFAULT_POLICY_RESOURCE = "default-policy.yaml"
@@ -268,12 +272,15 @@ class _FileWalker:
         rules = self.rules(top.get("rules"), "rules", names, "")
         rules.extend(self.includes(top.get("include"), names))
         sections = self.host_sections(top.get("hosts"), names)
+        declarations = DeclarationSettings()
+        if "declarations" in top:
+            declarations = self.declarations(top["declarations"]) or declarations
         if mode is None or default is None:
             return None
         return Policy(
             rules=tuple(rules), mode=mode, default=default, host_sections=tuple(sections),
-            licenses=tuple(licenses), license_terms_url=terms, version=V.VERSION,
-            source=self.source,
+            licenses=tuple(licenses), license_terms_url=terms, declarations=declarations,
+            version=V.VERSION, source=self.source,
         )
 
     def version(self, node: Node | None, root: Node) -> None:
@@ -298,6 +305,74 @@ class _FileWalker:
                        "expected a path starting with '/' or an http(s) URL, without spaces")
             return None
         return url
+
+    # declarations
+
+    def declarations(self, node: Node) -> DeclarationSettings | None:
+        if _is_null(node):
+            return None
+        m = self.mapping(node, "declarations", V.DECLARATION_KEYS)
+        if m is None:
+            return None
+        out = DeclarationSettings()
+        if "robots_txt" in m:
+            mode = self.choice(m["robots_txt"], "declarations.robots_txt", RobotsMode)
+            out = replace(out, robots_txt=mode or out.robots_txt)
+        if "tdmrep" in m:
+            flag = self.boolean(m["tdmrep"], "declarations.tdmrep")
+            out = replace(out, tdmrep=out.tdmrep if flag is None else flag)
+        if "content_usage" in m:
+            flag = self.boolean(m["content_usage"], "declarations.content_usage")
+            out = replace(out, content_usage=out.content_usage if flag is None else flag)
+        if "usage" in m:
+            statements = []
+            for i, item in enumerate(self.sequence(m["usage"], "declarations.usage")):
+                statement = self.usage_statement(item, f"declarations.usage[{i}]")
+                if statement is not None:
+                    statements.append(statement)
+            out = replace(out, usage=tuple(statements))
+        return out
+
+    def usage_statement(self, node: Node, field: str) -> UsageStatement | None:
+        words = load_vocabularies().aipref.names()
+        m = self.mapping(node, field, (V.USAGE_PATHS_KEY, *words))
+        if m is None:
+            return None
+        if V.USAGE_PATHS_KEY not in m:
+            self.error(node, f"{field}.{V.USAGE_PATHS_KEY}", "missing; say which paths the "
+                       "preferences are for (\"/**\" for the whole site)")
+            return None
+        paths = self.paths(m[V.USAGE_PATHS_KEY], f"{field}.{V.USAGE_PATHS_KEY}")
+        values: list[tuple[str, bool]] = []
+        for word in words:
+            if word in m:
+                value = self.preference(m[word], f"{field}.{word}")
+                if value is not None:
+                    values.append((word, value))
+        if not any(word in m for word in words):
+            self.error(node, field, "states no preference; give at least one of "
+                       + ", ".join(words))
+        if not values:
+            return None
+        return UsageStatement(paths, tuple(values), self.ref(node))
+
+    def preference(self, node: Node, field: str) -> bool | None:
+        """`y` or `n` as aipref writes them; YAML's yes/no/true/false are read too."""
+        if isinstance(node, ScalarNode) and node.tag == _CORE_TAG + "bool":
+            return bool(SafeConstructor().construct_yaml_bool(node))
+        word = self.text(node, field)
+        if word is None:
+            return None
+        if word not in V.USAGE_VALUES:
+            self.error(node, field, _not_one_of(word, list(V.USAGE_VALUES)))
+            return None
+        return V.USAGE_VALUES[word]
+
+    def boolean(self, node: Node, field: str) -> bool | None:
+        if isinstance(node, ScalarNode) and node.tag == _CORE_TAG + "bool":
+            return bool(SafeConstructor().construct_yaml_bool(node))
+        self.error(node, field, "expected true or false")
+        return None
 
     # generic node access
 

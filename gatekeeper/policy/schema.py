@@ -15,8 +15,9 @@ from typing import Any
 
 from gatekeeper.core.catalog import Kind, Purpose
 from gatekeeper.core.facts import Identity
-from gatekeeper.core.model import LimitKey, Mode
+from gatekeeper.core.model import LimitKey, Mode, RobotsMode
 from gatekeeper.policy import vocabulary as V
+from gatekeeper.vocabulary_loader import load_vocabularies
 
 Schema = dict[str, Any]
 
@@ -36,6 +37,7 @@ def json_schema() -> Schema:
                 "rules": {"$ref": "#/$defs/rules"},
                 "hosts": _list(_host_section()),
                 "include": _strings(allow_empty=True),
+                "declarations": _declarations(),
             },
             required=["version"],
         ),
@@ -66,6 +68,26 @@ def _strings(item: Schema | None = None, allow_empty: bool = False) -> Schema:
     if not allow_empty:
         many["minItems"] = 1
     return {"oneOf": [one, many]}
+
+
+def _declarations() -> Schema:
+    words = load_vocabularies().aipref.names()
+    statement: Schema = {
+        "type": "object",
+        "properties": {
+            V.USAGE_PATHS_KEY: {"description": "Path globs the preferences are for.",
+                                **_strings({"type": "string", "pattern": "^/"})},
+            **{word: {"description": f"The aipref preference {word}: y or n.",
+                      **_enum(V.USAGE_VALUES)} for word in words}},
+        "required": [V.USAGE_PATHS_KEY],
+        "additionalProperties": False,
+    }
+    return _object(V.DECLARATION_KEYS, {
+        "robots_txt": _enum(m.value for m in RobotsMode),
+        "tdmrep": {"type": "boolean"},
+        "content_usage": {"type": "boolean"},
+        "usage": _list(statement),
+    })
 
 
 def _license() -> Schema:

@@ -19,6 +19,7 @@ TOP_KEYS: dict[str, str] = {
     "rules": "Rules tried in order; the first that matches decides.",
     "hosts": "Per-host rule sections, tried before the top-level rules.",
     "include": "Rule files to append after these rules, relative to this file.",
+    "declarations": "robots.txt, TDMRep and Content-Usage generated from this policy.",
 }
 # An included file contributes rules only: mode, default and licences belong to
 # the main file, so two files can never disagree about them.
@@ -138,3 +139,11 @@ RESERVED_RULE_NAMES = frozenset({"default"})
 MAX_RULE_NAME = 100
 # Includes may nest; this bounds a runaway include tree (cycles are refused anyway).
 MAX_INCLUDED_FILES = 64
+DECLARATION_KEYS: dict[str, str] = {
+    "robots_txt": "merge (default): origin's file plus generated groups; replace; off.",
+    "tdmrep": "Serve /.well-known/tdmrep.json and tdm-* headers (default true).",
+    "content_usage": "Send Content-Usage headers and robots.txt usage lines (default true).",
+    "usage": "Stated usage preferences per path: [{paths: [...], train-ai: n, ...}].",
+}
+USAGE_PATHS_KEY = "paths"
+USAGE_VALUES: dict[str, bool] = {"y": True, "n": False}

@@ -52,12 +52,18 @@ async def test_browser_is_forwarded_and_gptbot_blocked_without_reaching_upstream
 async def test_gptbot_may_still_read_robots_txt(
     upstream: Upstream, start_gatekeeper: StartGate
 ) -> None:
+    upstream.robots_txt = "User-agent: *\nDisallow: /private/\n"
     gk = await start_gatekeeper(upstream.url)
     async with aiohttp.ClientSession() as s, s.get(
         gk.url + "/robots.txt", headers={"User-Agent": GPTBOT}
     ) as r:
         assert r.status == 200
-    assert upstream.paths() == ["/robots.txt"]
+        text = await r.text()
+    # Answered by Gatekeeper: the origin's file (read with its own user agent) and the
+    # group declaring what the default policy enforces for GPTBot.
+    assert upstream.paths() == []
+    assert "Disallow: /private/" in text
+    assert "User-agent: GPTBot\n" in text
 
 
 async def test_rate_limited_assistant_gets_429_with_retry_after(

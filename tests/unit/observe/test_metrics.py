@@ -61,7 +61,7 @@ def _families(registry: CollectorRegistry) -> dict[str, str]:
 def test_every_gatekeeper_metric_follows_prometheus_naming(registry: CollectorRegistry) -> None:
     Metrics(registry, [])
     families = {n: t for n, t in _families(registry).items() if n.startswith("gatekeeper_")}
-    assert len(families) == 30
+    assert len(families) == 31
     samples = generate_latest(registry).decode()
     for name, kind in families.items():
         assert re.fullmatch(r"gatekeeper_[a-z_]+", name), name

@@ -1,0 +1,57 @@
+"""Every declaration document of a policy, rendered at once (for the CLI and `explain`).
+
+The proxy renders the same documents one at a time, cached (`edge.documents`);
+both go through `robots_document` and the core renderers, so what `gatekeeper
+declarations` prints is what the main listener serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gatekeeper.core.catalog import Crawler
+from gatekeeper.core.declarations import Plan, plan
+from gatekeeper.core.model import Policy, RobotsMode
+from gatekeeper.core.owners import NO_OWNERS, Owners, Stance
+from gatekeeper.core.robots import RobotsRules
+from gatekeeper.core.robots_txt import RobotsDocument, render_robots
+from gatekeeper.core.rsl import render_rsl
+from gatekeeper.core.tdmrep import render_tdmrep
+from gatekeeper.core.usage import Vocabularies
+
+
+@dataclass(frozen=True, slots=True)
+class Declarations:
+    plan: Plan
+    robots: RobotsDocument
+    tdmrep: bytes
+    rsl: bytes
+    rsl_url: str
+
+
+def absolute(site: str, url: str) -> str:
+    return url if url.startswith(("http://", "https://")) else site.rstrip("/") + url
+
+
+def robots_document(policy: Policy, found: Plan, origin: RobotsRules | None,
+                    site: str) -> RobotsDocument:
+    """The robots.txt served for `found`; `origin` is the origin's parsed file."""
+    served = origin.text if origin is not None and found.mode is RobotsMode.MERGE else None
+    return render_robots(found, origin_text=served,
+                         offers_licences=any(lic.usages for lic in policy.licenses),
+                         license_url=absolute(site, policy.rsl_url))
+
+
+def declarations(policy: Policy, crawlers: Iterable[Crawler], vocab: Vocabularies, *,
+                 site: str, host: str, origin_txt: bytes | None = None,
+                 owners: Owners = NO_OWNERS, server: str = "") -> Declarations:
+    origin = RobotsRules.parse(origin_txt) if origin_txt is not None else None
+    found = plan(policy, crawlers, vocab, host=host, origin=origin, owners=owners)
+    rsl_url = absolute(site, policy.rsl_url)
+    withheld = [p.text for o in owners.owners if o.stance is Stance.OPT_OUT for p in o.paths]
+    token = absolute(site, server or policy.token_url)
+    rsl = render_rsl(policy, site=site, server=token.rsplit("/", 1)[0],
+                     terms_url=absolute(site, policy.license_terms_url), withheld=withheld)
+    return Declarations(found, robots_document(policy, found, origin, site),
+                        render_tdmrep(found, rsl_url), rsl, rsl_url)
