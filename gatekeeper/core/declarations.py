@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from gatekeeper.core.catalog import Crawler, Purpose
-from gatekeeper.core.model import Pattern, Policy, RobotsMode, UsageStatement
+from gatekeeper.core.model import Pattern, Policy, RobotsMode, Rule, UsageStatement
 from gatekeeper.core.owners import AI_PURPOSES, NO_OWNERS, Owners
 from gatekeeper.core.robots import PatternSet, RobotsRules
 from gatekeeper.core.rsl import RSL_MEDIA_TYPE, rfc9309_patterns
@@ -62,6 +62,9 @@ ROOT = "/"
 # Stands for "any text" in a representative path: no pattern or glob contains it,
 # and the gate's canonical paths never do either (they escape it as %7F).
 _ANY = "\x7f"
+# Origin `*` rules repeated in each generated group at most; more would crowd the
+# origin's own file out of the 500 KiB a parser reads.
+MAX_FOLDED = 200
 # Response headers are looked up per path; distinct paths beyond this start afresh.
 _MAX_CACHED_PATHS = 4096
 
@@ -160,49 +163,90 @@ def plan(
     """The declarations of `policy` for `host`; `origin` is the origin's robots.txt."""
     settings = policy.declarations
     mode = settings.robots_txt
-    served_origin = origin if mode is RobotsMode.MERGE else None
     catalog = tuple(crawlers)
     notes: list[Note] = []
-    regions: dict[str, dict[str, Stance]] = {}  # crawler name -> pattern -> stance
-    all_patterns: dict[str, None] = {ROOT: None}
+    patterns: dict[str, None] = {ROOT: None}
     for statement in settings.usage:
         for glob in statement.paths:
-            all_patterns.update(dict.fromkeys(_patterns(glob, "", notes, "usage")))
-    # The origin's patterns bound regions too: compliance with them is enforced.
-    origin_patterns = origin.patterns() if origin is not None else ()
+            patterns.update(dict.fromkeys(_patterns(glob, "", notes, "usage")))
     for crawler in catalog:
-        patterns = _crawler_patterns(policy, owners, crawler, host, notes)
-        patterns.update(dict.fromkeys(origin_patterns))
-        all_patterns.update(patterns)
-        regions[crawler.name] = {}
-    # Every crawler is judged on every region pattern: a region finer than its own is
-    # still homogeneous for it, and site-wide statements need all crawlers per region.
+        patterns.update(_crawler_patterns(policy, owners, crawler, host, notes))
+    regions = PatternSet(patterns)
+    # Per crawler and region: the stance where the origin's robots.txt allows the path,
+    # and where it disallows it (they differ only under a `robots: disallowed` rule).
+    uses_robots = any(r.match.robots_disallowed is not None for r in _all_rules(policy))
+    judged: dict[str, dict[str, tuple[Stance, Stance]]] = {}
     for crawler in catalog:
-        judged = regions[crawler.name]
-        for pattern in all_patterns:
+        judged[crawler.name] = by_region = {}
+        for pattern in patterns:
             path = representative(pattern)
-            stance = stance_of(policy, owners, crawler, path, host,
-                               _origin_disallows(origin, crawler, path))
-            judged[pattern] = stance
-            if stance.conditional:
-                notes.append(Note(crawler.name, pattern, f"rule {stance.conditional!r} "
+            free = stance_of(policy, owners, crawler, path, host, False)
+            barred = stance_of(policy, owners, crawler, path, host, True) if uses_robots \
+                else free
+            by_region[pattern] = (free, barred)
+            if free.conditional:
+                notes.append(Note(crawler.name, pattern, f"rule {free.conditional!r} "
                                   "depends on request headers"))
-    stated = _stated(settings.usage, all_patterns)
-    site_words = _site_words(catalog, regions, vocab, stated, all_patterns)
-    groups, named, conflicts = _groups(catalog, regions, vocab, served_origin,
+    # Usage and TDM state the policy's own stance: the origin's Disallow lines are
+    # declared by the origin's robots.txt itself.
+    policy_stance = {name: {p: s[0] for p, s in by_region.items()}
+                     for name, by_region in judged.items()}
+    stated = _stated(settings.usage, patterns)
+    site_words = _site_words(catalog, policy_stance, vocab, stated, patterns)
+    folding = _Folding(origin, regions, mode, uses_robots, notes)
+    groups, named, conflicts = _groups(catalog, judged, vocab, folding,
                                        settings.content_usage, stated, site_words)
     site_usage = {p: content_usage(words.items()) for p, words in site_words.items()}
-    tdm = _tdm(catalog, regions, vocab, stated, all_patterns)
-    signal = _signal(catalog, regions, vocab, stated) if settings.content_usage else ""
+    tdm = _tdm(catalog, policy_stance, vocab, stated, patterns)
+    signal = _signal(catalog, policy_stance, vocab, stated) if settings.content_usage else ""
     headers = _headers(site_usage, tdm, settings.content_usage, settings.tdmrep)
     return Plan(
         mode=mode, groups=groups,
         usage=_per_pattern(site_usage) if settings.content_usage else (),
         signal=signal, tdm=_most_specific_first(tdm) if settings.tdmrep else (),
         origin_named=named, conflicts=conflicts, notes=tuple(dict.fromkeys(notes)),
-        regions=PatternSet(all_patterns), tdm_policy=settings.tdmrep,
-        headers_by_region=headers,
+        regions=regions, tdm_policy=settings.tdmrep, headers_by_region=headers,
     )
+
+
+class _Folding:
+    """The origin's `*` rules, as they enter the generated groups.
+
+    A generated group takes its crawler out of the origin's `*` group, so in merge
+    mode the group repeats those rules, each with the value "the origin allows it
+    and the policy does not block it". Under a `robots: disallowed` rule the origin's
+    patterns bound what the policy enforces too, so they are folded in replace mode
+    as well. Each rule is placed once in the policy's regions; a rule with `*` has
+    no exact representative path and is noted.
+    """
+
+    def __init__(self, origin: RobotsRules | None, regions: PatternSet, mode: RobotsMode,
+                 uses_robots: bool, notes: list[Note]) -> None:
+        self.served = origin if mode is RobotsMode.MERGE else None
+        self.origin = origin
+        fold = origin is not None and (self.served is not None or uses_robots)
+        star = [p for _, p in origin.global_rules()] if origin is not None and fold else []
+        if len(star) > MAX_FOLDED:
+            notes.append(Note("*", ROOT, f"the origin's `*` group has {len(star)} rules; "
+                              f"only the first {MAX_FOLDED} are repeated in generated groups"))
+            star = star[:MAX_FOLDED]
+        notes.extend(Note("*", p, "the origin's pattern has a wildcard: folded into "
+                          "generated groups by a representative path") for p in star if "*" in p)
+        # pattern -> (its policy region, the origin's `*` group disallows it)
+        self.rules: dict[str, tuple[str, bool]] = {}
+        for pattern in star:
+            path = representative(pattern)
+            assert origin is not None
+            self.rules[pattern] = (regions.best(path) or ROOT,
+                                   not origin.verdict("*", path).allowed)
+
+    def origin_disallows(self, pattern: str) -> bool:
+        """The origin's `*` verdict at a policy region's representative path."""
+        found = self.rules.get(pattern)
+        if found is not None:
+            return found[1]
+        return self.origin is not None and not self.origin.verdict(
+            "*", representative(pattern)).allowed
 
 
 # -- regions ----------------------------------------------------------------------------
@@ -233,8 +277,10 @@ def _patterns(glob: Pattern, crawler: str, notes: list[Note], where: str) -> tup
     return patterns
 
 
-def _origin_disallows(origin: RobotsRules | None, crawler: Crawler, path: str) -> bool:
-    return origin is not None and not origin.verdict(crawler.robots_token, path).allowed
+def _all_rules(policy: Policy) -> Iterable[Rule]:
+    yield from policy.rules
+    for section in policy.host_sections:
+        yield from section.rules
 
 
 def _stated(statements: Sequence[UsageStatement],
@@ -256,41 +302,47 @@ def _stated(statements: Sequence[UsageStatement],
 
 
 def _groups(
-    catalog: Sequence[Crawler], regions: dict[str, dict[str, Stance]], vocab: Vocabularies,
-    origin: RobotsRules | None, with_usage: bool, stated: dict[str, dict[str, bool]],
-    site_words: dict[str, dict[str, bool]],
+    catalog: Sequence[Crawler], judged: dict[str, dict[str, tuple[Stance, Stance]]],
+    vocab: Vocabularies, folding: _Folding, with_usage: bool,
+    stated: dict[str, dict[str, bool]], site_words: dict[str, dict[str, bool]],
 ) -> tuple[tuple[Group, ...], tuple[str, ...], tuple[str, ...]]:
     groups: list[Group] = []
     named: list[str] = []
     conflicts: list[str] = []
+    served = folding.served
     for crawler in catalog:
-        judged = regions[crawler.name]
-        if origin is not None and origin.names(crawler.robots_token):
+        by_region = judged[crawler.name]
+        if served is not None and served.names(crawler.robots_token):
             named.append(crawler.name)
-            conflicts.extend(_conflicts(crawler, judged, origin))
+            conflicts.extend(_conflicts(crawler, by_region, served))
             continue
-        declared = {p: _origin_allows(origin, crawler, p) and s.verdict is not Verdict.BLOCK
-                    for p, s in judged.items()}
-        offers = any(s.verdict is Verdict.LICENSE for s in judged.values())
-        # A group of its own only where it says more than the origin's `*` rules do.
-        adds = any(_origin_allows(origin, crawler, p) and not allowed
+        # Every policy region and every folded origin rule, with what the group says.
+        declared: dict[str, bool] = {}
+        for pattern in by_region:
+            barred = folding.origin_disallows(pattern)
+            stance = by_region[pattern][barred]
+            declared[pattern] = not (served is not None and barred) and \
+                stance.verdict is not Verdict.BLOCK
+        for pattern, (region, barred) in folding.rules.items():
+            stance = by_region[region][barred]
+            declared.setdefault(pattern, not (served is not None and barred)
+                                and stance.verdict is not Verdict.BLOCK)
+        offers = any(s[0].verdict is Verdict.LICENSE for s in by_region.values())
+        # A group of its own only where it says more than the origin's `*` rules do: a
+        # licence alone needs none, the global `License:` line covers it.
+        adds = any(not allowed and not (served is not None and folding.origin_disallows(p))
                    for p, allowed in declared.items())
-        words = _crawler_words(crawler, judged, vocab, stated)
+        words = _crawler_words(crawler, by_region, vocab, stated)
         # Served better than its purpose: the site-wide "n" is not what it gets.
         differs = with_usage and any(site_words[p][w] != v for p, ws in words.items()
                                      for w, v in ws.items())
-        if not adds and not offers and not differs:
+        if not adds and not differs:
             continue
-        lines = _lines(declared)
         usage: tuple[tuple[str, str], ...] = ()
         if with_usage and vocab.aipref.words_for(crawler.purpose):
             usage = _per_pattern({p: content_usage(ws.items()) for p, ws in words.items()})
-        groups.append(Group(crawler.robots_token, crawler.name, lines, offers, usage))
+        groups.append(Group(crawler.robots_token, crawler.name, _lines(declared), offers, usage))
     return tuple(groups), tuple(named), tuple(conflicts)
-
-
-def _origin_allows(origin: RobotsRules | None, crawler: Crawler, pattern: str) -> bool:
-    return origin is None or origin.verdict(crawler.robots_token, representative(pattern)).allowed
 
 
 def _lines(declared: dict[str, bool]) -> tuple[Line, ...]:
@@ -321,10 +373,12 @@ def _pruned(values: dict[str, _V]) -> dict[str, _V]:
     return out
 
 
-def _conflicts(crawler: Crawler, judged: dict[str, Stance], origin: RobotsRules) -> list[str]:
+def _conflicts(crawler: Crawler, by_region: dict[str, tuple[Stance, Stance]],
+               origin: RobotsRules) -> list[str]:
     out = []
-    for pattern, stance in judged.items():
+    for pattern, stances in by_region.items():
         verdict = origin.verdict(crawler.robots_token, representative(pattern))
+        stance = stances[not verdict.allowed]
         if stance.verdict is Verdict.BLOCK and verdict.allowed:
             out.append(f"{crawler.robots_token}: the origin's robots.txt allows {pattern} "
                        f"({verdict.rule or 'no rule'}) but the policy blocks it (rule "
@@ -336,11 +390,12 @@ def _conflicts(crawler: Crawler, judged: dict[str, Stance], origin: RobotsRules)
     return out
 
 
-def _crawler_words(crawler: Crawler, judged: dict[str, Stance], vocab: Vocabularies,
+def _crawler_words(crawler: Crawler, by_region: dict[str, tuple[Stance, Stance]],
+                   vocab: Vocabularies,
                    stated: dict[str, dict[str, bool]]) -> dict[str, dict[str, bool]]:
     words = vocab.aipref.words_for(crawler.purpose)
-    return {p: {w: not s.verdict.refused and stated[p].get(w, True) for w in words}
-            for p, s in judged.items()}
+    return {p: {w: not s[0].verdict.refused and stated[p].get(w, True) for w in words}
+            for p, s in by_region.items()}
 
 
 def _per_pattern(values: dict[str, str]) -> tuple[tuple[str, str], ...]:

@@ -213,6 +213,11 @@ class RobotsRules:
         key = robots_token.lower()
         return bool(key) and key != "*" and key in self._by_token
 
+    def global_rules(self) -> tuple[tuple[bool, str], ...]:
+        """The rules of the `*` groups as (allow, pattern), in file order."""
+        return tuple((rule.allow, rule.text.partition(": ")[2])
+                     for index in self._global for rule in self._groups[index].rules)
+
     def patterns(self) -> tuple[str, ...]:
         """Every Allow and Disallow pattern of the file, in file order."""
         return tuple(rule.text.partition(": ")[2]

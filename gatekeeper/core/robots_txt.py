@@ -27,6 +27,9 @@ from gatekeeper.core.declarations import ROOT, Group, Plan
 from gatekeeper.core.robots import PARSE_LIMIT
 
 _LINE: Final = re.compile(r"[^\r\n]*(?:\r\n|\r|\n|$)")
+_ORIGIN_HEAD: Final = "# The site's own robots.txt:\n"
+_CUT: Final = ("# (the origin's robots.txt continues; cut here to keep this file within the "
+               "500 KiB parsers read)\n")
 _HEADER: Final = ("# robots.txt served by Gatekeeper: the site's own rules and the groups "
                   "its access policy\n# declares. See the licence terms for licensed use.\n")
 
@@ -54,20 +57,20 @@ def render_robots(plan: Plan, *, origin_text: str | None, license_url: str,
     tail = ""
     if usage and not inserted:
         tail = "User-agent: *\n" + "".join(usage) + "Disallow:\n"
-    room = limit - len((generated + tail).encode())
+    framing = len((generated + tail + _ORIGIN_HEAD + "\n" + _CUT).encode()) + 1
+    room = limit - framing
     truncated = False
     encoded = body.encode()
     if len(encoded) > room:
-        cut = encoded[:max(room - 80, 0)]
+        cut = encoded[:max(room, 0)]
         cut = cut[: max(cut.rfind(b"\n"), cut.rfind(b"\r")) + 1]
-        body = cut.decode(errors="ignore") + "# (the origin's robots.txt continues; cut here " \
-            "to keep this file within the 500 KiB parsers read)\n"
+        body = cut.decode(errors="ignore") + _CUT
         truncated = True
     if body and not body.endswith(("\n", "\r")):
         body += "\n"
     parts = [generated]
     if body:
-        parts.append("# The site's own robots.txt:\n" + body + "\n")
+        parts.append(_ORIGIN_HEAD + body + "\n")
     if tail:
         parts.append(tail)
     return RobotsDocument("".join(parts), truncated)

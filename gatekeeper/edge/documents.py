@@ -104,10 +104,11 @@ class Documents:
         return None
 
     async def answer(self, kind: str, method: str, query: str, host: str, scheme: str,
-                     accept: str) -> web.Response:
-        """The document `kind` names (see `kind`)."""
+                     accept: str, authority: str = "") -> web.Response:
+        """The document `kind` names (see `kind`); `host` is the canonical host and
+        `authority` the host and port as addressed (default: `host`), for URLs."""
         policy = self._policy()
-        site = f"{scheme}://{host}"
+        site = f"{scheme}://{authority or host}"
         if kind == "robots.txt":
             return await self._robots(policy, host, site)
         if kind == "tdmrep.json":
@@ -130,7 +131,8 @@ class Documents:
             self._cache[key] = cached
         return _response(method, *cached)
 
-    def response_headers(self, host: str, path: str, scheme: str) -> tuple[tuple[str, str], ...]:
+    def response_headers(self, host: str, path: str, scheme: str,
+                         authority: str = "") -> tuple[tuple[str, str], ...]:
         """The declaration headers for a forwarded response on `path`; no I/O."""
         if self._vocab is None:
             return ()
@@ -140,7 +142,7 @@ class Documents:
             return ()
         rsl = policy.rsl_url
         if rsl.startswith("/"):
-            rsl = f"{scheme}://{host}{rsl}"
+            rsl = f"{scheme}://{authority or host}{rsl}"
         return self.plan(policy, host, self._peek(host)).headers_for(path, rsl)
 
     def plan(self, policy: Policy, host: str, origin: RobotsRules | None) -> Plan:

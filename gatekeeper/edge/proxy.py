@@ -214,7 +214,7 @@ class Proxy:
         outcome = await self._gate.read_declaration(facts)
         resp = await self._documents.answer(
             kind, request.method, facts.query, facts.host, request.scheme,
-            request.headers.get("Accept", ""))
+            request.headers.get("Accept", ""), authority=_authority(request, facts.host))
         size = resp.content_length or 0 if request.method != "HEAD" else 0
         self._observer.observe(Observation(facts, outcome, resp.status, size,
                                            time.perf_counter() - started, document=kind))
@@ -298,8 +298,8 @@ class Proxy:
             try:
                 stated: tuple[tuple[str, str], ...] = ()
                 if self._documents is not None and request.method in ("GET", "HEAD"):
-                    stated = self._documents.response_headers(facts.host, facts.path,
-                                                              request.scheme)
+                    stated = self._documents.response_headers(
+                        facts.host, facts.path, request.scheme, _authority(request, facts.host))
                 resp, sent, error = await self._relay(
                     request, upstream, outcome.decision.response_headers, stated)
             finally:
@@ -579,6 +579,15 @@ def _mid_body_failure(exc: Exception) -> str:
     if isinstance(exc, ConnectionResetError):  # writing to the client failed
         return "client_disconnect"
     return "timeout" if isinstance(exc, TimeoutError) else "reset"
+
+
+def _authority(request: web.BaseRequest, host: str) -> str:
+    """Host and port as the client addressed us, for absolute URLs in documents."""
+    raw = request.headers.get("Host", "")
+    _, colon, port = raw.rpartition(":")
+    if colon and port.isdigit() and not raw.endswith("]"):
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"[{host}]" if ":" in host else host
 
 
 def _peer(request: web.BaseRequest) -> str:

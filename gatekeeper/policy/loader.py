@@ -316,7 +316,12 @@ class _FileWalker:
             return None
         out = DeclarationSettings()
         if "robots_txt" in m:
-            mode = self.choice(m["robots_txt"], "declarations.robots_txt", RobotsMode)
+            node = m["robots_txt"]
+            if isinstance(node, ScalarNode) and node.tag == _CORE_TAG + "bool" and \
+                    not SafeConstructor().construct_yaml_bool(node):
+                mode: RobotsMode | None = RobotsMode.OFF  # YAML reads a bare `off` as false
+            else:
+                mode = self.choice(node, "declarations.robots_txt", RobotsMode)
             out = replace(out, robots_txt=mode or out.robots_txt)
         if "tdmrep" in m:
             flag = self.boolean(m["tdmrep"], "declarations.tdmrep")

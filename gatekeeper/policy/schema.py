@@ -78,12 +78,14 @@ def _declarations() -> Schema:
             V.USAGE_PATHS_KEY: {"description": "Path globs the preferences are for.",
                                 **_strings({"type": "string", "pattern": "^/"})},
             **{word: {"description": f"The aipref preference {word}: y or n.",
-                      **_enum(V.USAGE_VALUES)} for word in words}},
+                      "oneOf": [_enum(V.USAGE_VALUES), {"type": "boolean"}]}
+               for word in words}},
         "required": [V.USAGE_PATHS_KEY],
         "additionalProperties": False,
     }
     return _object(V.DECLARATION_KEYS, {
-        "robots_txt": _enum(m.value for m in RobotsMode),
+        # YAML reads a bare `off` as false.
+        "robots_txt": {"oneOf": [_enum(m.value for m in RobotsMode), {"const": False}]},
         "tdmrep": {"type": "boolean"},
         "content_usage": {"type": "boolean"},
         "usage": _list(statement),

@@ -134,6 +134,8 @@ def _check_type(schema: dict[str, Any], value: Any, root: dict[str, Any]) -> lis
     kind = schema.get("type")
     if kind is None:
         return []
+    if kind == "boolean":
+        return [] if isinstance(value, bool) else [f"{value!r} is not of type boolean"]
     if isinstance(value, bool) or not isinstance(value, _TYPES[kind]):
         return [f"{value!r} is not of type {kind}"]
     return []

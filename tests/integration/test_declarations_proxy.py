@@ -1,0 +1,182 @@
+"""Declarations served by the main listener over real sockets: robots.txt merged with
+the origin's own file, tdmrep.json, and the headers forwarded responses carry."""
+
+from __future__ import annotations
+
+import json
+import urllib.robotparser
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.integration.conftest import StartGate, Upstream
+from tests.support.declared import DeclaredRobots, parse_usage
+
+GPTBOT = "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2)"
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/130.0 Safari/537.36"
+LICENCE_POLICY = """
+version: 1
+licenses:
+  - {name: train, usages: [ai-train], price: {amount: 0.01, currency: USD}}
+rules:
+  - {name: declarations, match: {paths: ["/robots.txt", "/.well-known/**"]}, action: allow}
+  - name: premium-licensed
+    match: {purposes: [ai-training], paths: ["/premium/**"]}
+    action: {require_license: {any_of: [train]}}
+  - {name: no-training, match: {purposes: [ai-training]}, action: block}
+"""
+
+
+async def _get(url: str, ua: str = BROWSER, method: str = "GET",
+               ) -> tuple[int, dict[str, list[str]], bytes]:
+    async with aiohttp.ClientSession(skip_auto_headers=("User-Agent",)) as s, s.request(
+            method, url, headers={"User-Agent": ua}) as r:
+        headers: dict[str, list[str]] = {}
+        for name, value in r.headers.items():
+            headers.setdefault(name.lower(), []).append(value)
+        return r.status, headers, await r.read()
+
+
+async def test_robots_txt_merges_the_origins_file_with_the_policys_groups(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    upstream.robots_txt = ("User-agent: *\nDisallow: /private/\n\n"
+                           "Sitemap: https://example.com/sitemap.xml\n")
+    gk = await start_gatekeeper(upstream.url)
+    status, headers, body = await _get(gk.url + "/robots.txt", GPTBOT)
+    assert status == 200
+    assert headers["content-type"] == ["text/plain; charset=utf-8"]
+    text = body.decode()
+    assert "User-agent: GPTBot\n" in text
+    assert "Sitemap: https://example.com/sitemap.xml" in text
+    assert "Content-Signal: search=yes, ai-input=yes, ai-train=no" in text
+    # Read with the gate's own user agent, never forwarded as the client's request.
+    assert upstream.paths() == []
+    assert len(upstream.robots_fetches) == 1
+    # A classic parser reading it over HTTP draws the same lines.
+    robots = urllib.robotparser.RobotFileParser(gk.url + "/robots.txt")
+    await _in_thread(robots.read)
+    assert not robots.can_fetch("GPTBot", gk.url + "/articles/1")
+    assert robots.can_fetch("Googlebot", gk.url + "/articles/1")
+    assert not robots.can_fetch("Googlebot", gk.url + "/private/x")
+    assert DeclaredRobots.parse(text).usage("*", "/articles/1") == {
+        "train-ai": False, "search": True}
+
+
+async def test_a_blocked_crawler_still_reads_every_declaration(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    # No rule spares the declaration paths here: they are never gated anyway.
+    gk = await start_gatekeeper(upstream.url, "version: 1\ndefault: block\n"
+                                "licenses: [{name: t, usages: [ai-train]}]\nrules: []\n")
+    for path in ("/robots.txt", "/.well-known/tdmrep.json", "/license.xml",
+                 "/.well-known/gatekeeper/licenses"):
+        status, _, body = await _get(gk.url + path, GPTBOT)
+        assert status == 200, path
+        assert body, path
+    status, _, _ = await _get(gk.url + "/articles/1", GPTBOT)
+    assert status == 403
+    assert upstream.paths() == []
+    registry = gk.components.registry
+    assert registry.get_sample_value("gatekeeper_declaration_requests_total",
+                                     {"document": "robots.txt", "crawler": "GPTBot"}) == 1
+    assert registry.get_sample_value("gatekeeper_declaration_requests_total",
+                                     {"document": "tdmrep.json", "crawler": "GPTBot"}) == 1
+    logged = [o for o in gk.observer.observed if o.document == "robots.txt"]
+    assert logged[0].outcome.decision.rule == "declarations"
+
+
+async def test_tdmrep_json_and_response_headers_agree(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url, LICENCE_POLICY)
+    status, headers, body = await _get(gk.url + "/.well-known/tdmrep.json")
+    assert status == 200
+    assert headers["content-type"] == ["application/json"]
+    rules = json.loads(body)
+    rsl = gk.url + "/license.xml"
+    assert {"location": "/premium/", "tdm-reservation": 1, "tdm-policy": rsl} in rules
+    assert rules[-1] == {"location": "/", "tdm-reservation": 1}
+
+    status, headers, _ = await _get(gk.url + "/premium/story")
+    assert status == 200  # a browser: forwarded, with the declarations for the path
+    assert headers["tdm-reservation"] == ["1"]
+    assert headers["tdm-policy"] == [rsl]
+    assert f'<{rsl}>; rel="license"; type="application/rsl+xml"' in headers["link"]
+    assert parse_usage(headers["content-usage"][0]) == {"train-ai": False, "search": True}
+    _, headers, _ = await _get(gk.url + "/free/story")
+    assert headers["tdm-reservation"] == ["1"]
+    assert "tdm-policy" not in headers
+    assert "link" not in headers
+
+
+@pytest.fixture
+async def opinionated_origin() -> AsyncIterator[str]:
+    """An origin that states its own, different preferences and links."""
+    async def page(request: web.Request) -> web.Response:
+        if request.path == "/robots.txt":
+            return web.Response(status=503)
+        return web.Response(text="page", headers={
+            "Content-Usage": "train-ai=y", "tdm-reservation": "0",
+            "Link": "</style.css>; rel=preload; as=style"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_the_policys_declarations_replace_the_origins_and_keep_its_links(
+    opinionated_origin: str, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(opinionated_origin, LICENCE_POLICY, robots_compliance=False)
+    _, headers, _ = await _get(gk.url + "/premium/a")
+    assert headers["content-usage"] == ["train-ai=n, search=y"]
+    assert headers["tdm-reservation"] == ["1"]
+    assert "</style.css>; rel=preload; as=style" in headers["link"]
+    assert len(headers["link"]) == 2
+
+
+async def test_an_unreachable_origin_robots_txt_is_answered_503(
+    opinionated_origin: str, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(opinionated_origin)
+    status, headers, _ = await _get(gk.url + "/robots.txt", GPTBOT)
+    # RFC 9309: "unreachable" reads as "disallow everything", which is what is known.
+    assert status == 503
+    assert headers["retry-after"] == ["60"]
+
+
+async def test_robots_txt_off_forwards_the_origins_file(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url, "version: 1\ndeclarations: {robots_txt: off}\n"
+                                "rules: []\n", robots_compliance=False)
+    status, _, _ = await _get(gk.url + "/robots.txt", GPTBOT)
+    assert status == 200
+    assert upstream.paths() == ["/robots.txt"]
+
+
+async def test_head_of_robots_txt_has_the_length_and_no_body(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url)
+    _, got, body = await _get(gk.url + "/robots.txt")
+    status, headers, head_body = await _get(gk.url + "/robots.txt", method="HEAD")
+    assert status == 200
+    assert head_body == b""
+    assert headers["content-length"] == [str(len(body))]
+    assert got["content-type"] == headers["content-type"]
+
+
+async def _in_thread(fn: object) -> None:
+    import asyncio
+
+    await asyncio.get_running_loop().run_in_executor(None, fn)  # type: ignore[arg-type]
