@@ -75,8 +75,10 @@ class Documents:
         self._crawlers = tuple(crawlers)
         self._vocab = vocab
         self._origin: OriginSource | None = None
-        self._cache: dict[tuple[int, int, str, str], tuple[bytes, str]] = {}
-        self._plans: dict[tuple[int, int, int, str], Plan] = {}
+        # Keyed by the ids of the policy and owners they were made from; each entry also
+        # holds those objects, so no id can be reused by another object while cached.
+        self._cache: dict[tuple[int, int, str, str], tuple[bytes, str, object]] = {}
+        self._plans: dict[tuple[int, int, int, str], tuple[Plan, object]] = {}
         self._reported: set[tuple[int, str]] = set()
 
     def attach_origin(self, origin: OriginSource | None) -> None:
@@ -125,11 +127,11 @@ class Documents:
         key = (id(policy), id(owners), site, form)
         cached = self._cache.get(key)
         if cached is None:
-            cached = self._render(policy, owners, site, form)
+            cached = (*self._render(policy, owners, site, form), (policy, owners))
             if len(self._cache) >= _MAX_CACHED:
                 self._cache.clear()
             self._cache[key] = cached
-        return _response(method, *cached)
+        return _response(method, cached[0], cached[1])
 
     def response_headers(self, host: str, path: str, scheme: str,
                          authority: str = "") -> tuple[tuple[str, str], ...]:
@@ -153,19 +155,22 @@ class Documents:
                         if any(p.match(host) for p in s.hosts)), -1)
         text = origin.text if origin is not None else ""
         key = (id(policy), id(owners), section, text)
-        found = self._plans.get(key)
-        if found is None:
-            found = plan(policy, self._crawlers, self._vocab, host=host, origin=origin,
-                         owners=owners)
-            if len(self._plans) >= _MAX_PLANS:
-                self._plans.pop(next(iter(self._plans)))
-            self._plans[key] = found
-            self._report(policy, found)
+        cached = self._plans.get(key)
+        if cached is not None:
+            return cached[0]
+        found = plan(policy, self._crawlers, self._vocab, host=host, origin=origin,
+                     owners=owners)
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.pop(next(iter(self._plans)))
+        self._plans[key] = (found, (policy, owners))
+        self._report(policy, found)
         return found
 
     def _report(self, policy: Policy, found: Plan) -> None:
         for conflict in found.conflicts:
             if (id(policy), conflict) not in self._reported:
+                if len(self._reported) >= _MAX_CACHED:
+                    self._reported.clear()
                 self._reported.add((id(policy), conflict))
                 _log.warning("robots_txt_conflict", detail=conflict)
 
