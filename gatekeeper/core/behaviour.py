@@ -32,6 +32,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -43,7 +44,7 @@ from gatekeeper.errors import GatekeeperError, SettingsError
 # fixed window (a Python int): 32 bytes whatever the traffic, accurate well past the
 # thresholds used here, saturating near PATH_BITS * ln(PATH_BITS) paths (about 1400).
 PATH_BITS = 256
-_PATH_MASK = PATH_BITS - 1
+_PATH_SHIFT = PATH_BITS.bit_length() - 1  # log2(PATH_BITS)
 _PATHS_SATURATED = PATH_BITS * math.log(PATH_BITS)
 
 _PAGE_EXTENSIONS = frozenset({
@@ -316,6 +317,15 @@ def _advance(window: Window, epoch: int) -> None:
     window.epoch = epoch
 
 
+def _path_bit(path: str) -> int:
+    """The bitmap position of a page path. A stable hash, not `hash()`: str hashes are
+    salted per process, and replicas sharing one window (the Redis store) must set the
+    same bit for one path. CRC-32 is linear, so similar paths differ in structured
+    ways; a multiplicative (Fibonacci) step spreads them over the top bits."""
+    mixed = (zlib.crc32(path.encode("utf-8", "surrogatepass")) * 0x9E3779B1) & 0xFFFFFFFF
+    return mixed >> (32 - _PATH_SHIFT)
+
+
 def record(window: Window | None, signals: Signals, now: float, cfg: BehaviourConfig) -> Window:
     """Count one request in `window` (a new one when None) and return it."""
     epoch = int(now / cfg.window)
@@ -328,9 +338,7 @@ def record(window: Window | None, signals: Signals, now: float, cfg: BehaviourCo
         window.assets += 1
     elif signals.is_html_like:
         window.pages += 1
-        # str hashes are cached on the object and salted per process: the bitmap is
-        # process-local, which is all a per-window estimate needs.
-        window.paths |= 1 << (hash(signals.path) & _PATH_MASK)
+        window.paths |= 1 << _path_bit(signals.path)
     if signals.is_robots_txt:
         window.robots_at = now
     if signals.robots_disallowed:

@@ -1,7 +1,7 @@
 """The `Store` protocol: what the gate keeps between requests.
 
-Implementations: `memory` (in-process, the embedded default) and, in a later
-issue, `redis` (shared by replicas). Both must pass the conformance suite in
+Implementations: `memory` (in-process, the embedded default) and `redis` (shared
+by replicas, `gatekeeper.store.redis`). Both must pass the conformance suite in
 `tests/conformance/`. An implementation that cannot answer raises
 `gatekeeper.errors.StoreUnavailable`; the gate applies the documented failure mode.
 """
@@ -40,6 +40,14 @@ class Store(Protocol):
 
     async def note_refusal(self, keys: tuple[str, str], crawler: str, now: float) -> None:
         """Remember that the gate refused `crawler` for this client (user-agent switching)."""
+        ...
+
+    async def revoke(self, token_id: str, until: float, now: float) -> None:
+        """Remember that a licence token is revoked, until `until` (its expiry)."""
+        ...
+
+    async def revoked(self, token_id: str, now: float) -> bool:
+        """Whether a token was revoked (and its revocation has not lapsed by `now`)."""
         ...
 
     async def close(self) -> None:

@@ -28,6 +28,7 @@ class MemoryStore:
         self._windows = WindowTable(max_clients)
         self._counters: OrderedDict[str, tuple[int, float]] = OrderedDict()  # key -> (n, expiry)
         self._max_counters = max_buckets
+        self._revoked: dict[str, float] = {}  # token id -> until
 
     async def take(self, key: str, rate: float, burst: int, now: float) -> LimitResult:
         return self.take_now(key, rate, burst, now)
@@ -83,7 +84,19 @@ class MemoryStore:
         for key in keys:
             self._windows.note_refusal(key, crawler, now)
 
+    async def revoke(self, token_id: str, until: float, now: float) -> None:
+        # Kept apart from the replay cache: a revocation must never be evicted early.
+        self._revoked[token_id] = max(until, self._revoked.get(token_id, until))
+        if len(self._revoked) > self._max_seen:
+            for key in [k for k, expiry in self._revoked.items() if expiry <= now]:
+                del self._revoked[key]
+
+    async def revoked(self, token_id: str, now: float) -> bool:
+        expiry = self._revoked.get(token_id)
+        return expiry is not None and expiry > now
+
     async def close(self) -> None:
+        self._revoked.clear()
         self._buckets.clear()
         self._seen.clear()
         self._counters.clear()

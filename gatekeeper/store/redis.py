@@ -11,6 +11,8 @@ What is kept where (every key starts with the store's prefix, "gk:" by default):
   stops counting as seen.
 - ``{prefix}ctr:{key}``: a counter, a hash with ``count`` and ``expiry`` (fixed
   from the counter's creation).
+- ``{prefix}rev:{token id}``: a revoked licence token, holding the time the
+  revocation lapses (the token's own expiry); every replica sees it at once.
 - ``{prefix}win:{key}``: a behaviour `Window`, serialised as a JSON list; one per
   client address and one per client network. Both are read with one MGET, updated
   by `gatekeeper.core.behaviour` here and written back with one pipelined pair of
@@ -18,11 +20,8 @@ What is kept where (every key starts with the store's prefix, "gk:" by default):
   if that is longer, like `WindowTable`'s. Two replicas updating one client's
   window at the same moment can lose one request's count: the scores are
   thresholds over many requests, which that does not move, and it keeps the
-  scoring code in one place rather than ported to Lua. One caveat belongs to
-  the core, not to this store: `record` hashes page paths into the distinct-path
-  bitmap with Python's `hash`, which is salted per process, so replicas with
-  different hash seeds set different bits for one path and a shared window
-  overestimates distinct paths ("many-paths") until that hash is made stable.
+  scoring code in one place rather than ported to Lua. Page paths enter the
+  distinct-path bitmap by CRC-32, so every replica sets the same bit for a path.
 
 Time: every decision uses the caller's ``now``, never the Redis server's clock,
 so the arithmetic is that of `MemoryStore` and tests can use synthetic times.
@@ -117,6 +116,16 @@ end
 return redis.call('HINCRBY', KEYS[1], 'count', ARGV[1])
 """
 
+# A later revocation of one token never shortens an earlier one.
+_REVOKE = """
+local known = redis.call('GET', KEYS[1])
+if known and tonumber(known) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 # Window slots in storage order. The list starts with a format number; a stored
 # window of another format or shape is treated as absent (a fresh client), which
 # costs no more than an evicted window does.
@@ -198,6 +207,7 @@ class RedisStore:
         self._take = client.register_script(_TAKE)
         self._first_seen = client.register_script(_FIRST_SEEN)
         self._incr = client.register_script(_INCR)
+        self._revoke = client.register_script(_REVOKE)
         self._idle = _IDLE_EXPIRY
 
     @asynccontextmanager
@@ -274,6 +284,16 @@ class RedisStore:
             for name, window in zip(names, windows, strict=True):
                 pipe.set(name, encode_window(window), px=px)
             await pipe.execute()
+
+    async def revoke(self, token_id: str, until: float, now: float) -> None:
+        async with self._guard("revoke"):
+            await self._revoke(keys=[f"{self._prefix}rev:{token_id}"],
+                               args=[float(until), _expiry_ms(max(until - now, 0.0))])
+
+    async def revoked(self, token_id: str, now: float) -> bool:
+        async with self._guard("revoked"):
+            raw: bytes | None = await self._client.get(f"{self._prefix}rev:{token_id}")
+        return raw is not None and float(raw) > now
 
     async def close(self) -> None:
         if self._owns_client:

@@ -108,3 +108,14 @@ async def test_note_refusal_for_an_unseen_client_starts_its_window(store: Store)
     by_ip, by_net = await store.observe_client(keys, Signals("/x"), 9001.0, cfg)
     assert (by_ip.requests, by_net.requests) == (1, 1)
     assert by_ip.last_refused_crawler == by_net.last_refused_crawler == "ClaudeBot"
+
+
+async def test_a_revocation_is_seen_until_it_lapses(store: Store) -> None:
+    assert not await store.revoked("conf|jti-1", now=6000.0)
+    await store.revoke("conf|jti-1", until=6100.0, now=6000.0)
+    assert await store.revoked("conf|jti-1", now=6050.0)
+    assert not await store.revoked("conf|jti-2", now=6050.0)
+    # A later, shorter revocation of the same token does not shorten it.
+    await store.revoke("conf|jti-1", until=6060.0, now=6055.0)
+    assert await store.revoked("conf|jti-1", now=6099.0)
+    assert not await store.revoked("conf|jti-1", now=6100.0)

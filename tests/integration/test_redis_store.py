@@ -21,6 +21,7 @@ from gatekeeper.errors import StoreUnavailable
 from gatekeeper.store.memory import MemoryStore
 from gatekeeper.store.redis import RedisStore, decode_window, encode_window
 from tests.conformance.store_suite import (  # noqa: F401  (run the shared table here)
+    test_a_revocation_is_seen_until_it_lapses,
     test_bucket_allows_burst_then_denies,
     test_bucket_refills_over_time,
     test_bucket_results_match_the_core_arithmetic,

@@ -4,11 +4,17 @@ import pytest
 
 from gatekeeper.store.memory import MemoryStore
 from tests.conformance.store_suite import (  # noqa: F401  (run the shared table here)
+    test_a_revocation_is_seen_until_it_lapses,
     test_bucket_allows_burst_then_denies,
     test_bucket_refills_over_time,
+    test_bucket_results_match_the_core_arithmetic,
     test_buckets_are_independent_per_key,
     test_counters_add_up_and_start_again_after_their_ttl,
     test_first_seen_is_true_once_then_false_until_expiry,
+    test_note_refusal_for_an_unseen_client_starts_its_window,
+    test_note_refusal_is_seen_by_the_next_observation,
+    test_observe_client_counts_each_request_in_both_windows,
+    test_windows_carry_the_previous_fixed_window,
 )
 
 
