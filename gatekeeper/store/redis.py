@@ -292,7 +292,7 @@ class RedisStore:
 
     async def revoked(self, token_id: str, now: float) -> bool:
         async with self._guard("revoked"):
-            raw: bytes | None = await self._client.get(f"{self._prefix}rev:{token_id}")
+            raw: bytes | str | None = await self._client.get(f"{self._prefix}rev:{token_id}")
         return raw is not None and float(raw) > now
 
     async def close(self) -> None:
