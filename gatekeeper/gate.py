@@ -18,7 +18,7 @@ from gatekeeper.core.facts import Identity, RequestFacts
 from gatekeeper.core.licence_check import LicenseCheck
 from gatekeeper.core.model import Policy, RateLimit, RequireLicense
 from gatekeeper.core.owners import Owners, opted_out, refuses
-from gatekeeper.core.ratelimit import bucket_key
+from gatekeeper.core.ratelimit import LimitResult, bucket_key
 from gatekeeper.core.robots import RobotsRules, RobotsVerdict
 from gatekeeper.errors import StoreUnavailable
 from gatekeeper.store.base import Store
@@ -115,6 +115,7 @@ class Gate:
         robots: RobotsSource | None = None,
         licenses: LicenseChecker | None = None,
         owners: Callable[[], Owners] | None = None,
+        fail_open: bool = False,
     ) -> None:
         # `policy` is a getter so a hot reload is seen by the next request.
         self._classifier = classifier
@@ -125,7 +126,10 @@ class Gate:
         self._robots = robots
         self._licenses = licenses
         self._owners = owners
+        # The documented fallbacks when the store fails: rate limits counted here (or,
+        # with `fail_open`, not at all) and behaviour windows kept here.
         self._local = MemoryStore(max_buckets=10_000)
+        self._fail_open = fail_open
 
     def attach_robots(self, robots: RobotsSource | None) -> None:
         self._robots = robots
@@ -137,28 +141,31 @@ class Gate:
         disallowed = None if robots is None else not robots.allowed
         score: Score | None = None
         keys: tuple[str, str] | None = None
+        fallback = False
         if self._behaviour is not None:
             keys = client_keys(facts.client_ip)
-            score = await self._score(facts, cls, keys, bool(disallowed), self._behaviour)
+            score, fallback = await self._score(facts, cls, keys, bool(disallowed),
+                                                self._behaviour)
             if score is not None and score.undeclared:
                 claimed, cls = cls, UNDECLARED_BOT
         owner = self._owners().owner_of(facts.path) if self._owners is not None else None
         if refuses(owner, cls.purpose):
             assert owner is not None
             # The author withheld this content from AI use: no rule or licence sells it.
-            return Outcome(cls, identity, opted_out(owner.name), False, None, verification,
+            return Outcome(cls, identity, opted_out(owner.name), fallback, None, verification,
                            claimed, robots, score, None, owner.name)
         policy = self._policy()
         selected = select(policy, facts, cls, identity, disallowed)
         action = selected.action
-        fallback = False
         if isinstance(action, RateLimit):
             key = bucket_key(selected.name, action, facts, cls)
             try:
                 limit = await self._store.take(key, action.rate, action.burst, facts.now)
             except StoreUnavailable:
-                # Documented failure mode: rate limits fall back to per-process counters.
-                limit = self._local.take_now(key, action.rate, action.burst, facts.now)
+                # Documented failure mode: rate limits fall back to per-process counters,
+                # or let everything through when the operator chose to fail open.
+                limit = LimitResult(True, float(action.burst), 0.0) if self._fail_open \
+                    else self._local.take_now(key, action.rate, action.burst, facts.now)
                 fallback = True
             decision = decide(policy, selected, limit)
         elif isinstance(action, RequireLicense):
@@ -174,7 +181,11 @@ class Gate:
             decision = decide(policy, selected)
         if keys is not None and not decision.forward and cls.crawler is not None:
             # A refused crawler that comes back as a browser is switching user agents.
-            await self._store.note_refusal(keys, cls.crawler.name, facts.now)
+            try:
+                await self._store.note_refusal(keys, cls.crawler.name, facts.now)
+            except StoreUnavailable:
+                await self._local.note_refusal(keys, cls.crawler.name, facts.now)
+                fallback = True
         return Outcome(cls, identity, decision, fallback, selected, verification, claimed,
                        robots, score, license, owner.name if owner is not None else "")
 
@@ -184,10 +195,11 @@ class Gate:
         applies. The documents that say what crawlers may do are never gated."""
         cls, identity, verification, claimed = await self._identify(facts)
         score: Score | None = None
+        fallback = False
         if self._behaviour is not None:
-            score = await self._score(facts, cls, client_keys(facts.client_ip), False,
-                                      self._behaviour)
-        return Outcome(cls, identity, DECLARATION, False, None, verification, claimed,
+            score, fallback = await self._score(facts, cls, client_keys(facts.client_ip),
+                                                False, self._behaviour)
+        return Outcome(cls, identity, DECLARATION, fallback, None, verification, claimed,
                        None, score)
 
     async def _identify(
@@ -237,14 +249,22 @@ class Gate:
     async def _score(
         self, facts: RequestFacts, cls: Classification, keys: tuple[str, str],
         disallowed: bool, cfg: BehaviourConfig,
-    ) -> Score | None:
-        """Count the request in the client's windows; score it when it claims nothing."""
+    ) -> tuple[Score | None, bool]:
+        """Count the request in the client's windows; score it when it claims nothing.
+        (score, whether the store failed and this process's windows stood in)."""
         crawler = cls.crawler
         signals = signals_for(facts.path, facts.headers,
                               crawler.name if crawler is not None else "", disallowed)
-        ip_window, net_window = await self._store.observe_client(keys, signals, facts.now, cfg)
+        fallback = False
+        try:
+            ip_window, net_window = await self._store.observe_client(keys, signals,
+                                                                     facts.now, cfg)
+        except StoreUnavailable:
+            ip_window, net_window = await self._local.observe_client(keys, signals,
+                                                                     facts.now, cfg)
+            fallback = True
         # Only browser-like and empty user agents are candidates: a declared crawler or
         # an honest script already says what it is.
         if crawler is not None or (cls.kind is not Kind.UNKNOWN and facts.user_agent):
-            return None
-        return score_client(ip_window, net_window, signals, facts.now, cfg)
+            return None, fallback
+        return score_client(ip_window, net_window, signals, facts.now, cfg), fallback

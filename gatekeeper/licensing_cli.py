@@ -9,6 +9,7 @@ only where the operator asked for them (`licensee add`, `token issue`).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import secrets
 import sys
 import time
@@ -151,7 +152,12 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "revoke":
         expires = args.expires if args.expires is not None else time.time() + 400 * 86400
         registry.revoke(args.token_id, expires)
-        print(f"revoked {args.token_id}")
+        if settings.store != "memory":
+            # Replicas sharing the store see it on their next licensed request.
+            asyncio.run(_revoke_in_store(settings, args.token_id, expires))
+            print(f"revoked {args.token_id} (also in the {settings.store} store)")
+        else:
+            print(f"revoked {args.token_id}")
         return 0
     if args.action == "list":
         from gatekeeper.licensing.issued import read
@@ -243,3 +249,13 @@ def _ledger(args: argparse.Namespace, settings: Settings) -> int:
 
 def _iso(when: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
+async def _revoke_in_store(settings: Settings, token_id: str, expires: float) -> None:
+    from gatekeeper.wiring import build_store
+
+    store = build_store(settings)
+    try:
+        await store.revoke(token_id, expires, time.time())
+    finally:
+        await store.close()

@@ -20,6 +20,9 @@ import yaml
 from gatekeeper.errors import SettingsError
 
 LogFormat = Literal["json", "console"]
+StoreKind = Literal["memory", "redis"]
+RateLimitFallback = Literal["local", "open"]
+RunMode = Literal["proxy", "forward-auth"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +33,17 @@ class Settings:
     policy: str = ""  # empty: the embedded default policy
     catalog: str = ""  # empty: the packaged crawler catalog
     trusted_proxies: tuple[str, ...] = ()
-    store: Literal["memory"] = "memory"
+    # Where rate limits, behaviour windows, replay and quota counters and revocations
+    # live (docs/scaling-out.md): "memory" (this process) or "redis" (shared).
+    store: StoreKind = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "gk:"
+    store_timeout: float = 0.25  # seconds a store call may take before its fallback
+    rate_limit_fallback: RateLimitFallback = "local"  # store down: per-process buckets, or open
+    # "proxy": the reverse proxy; "forward-auth": decisions for nginx/Traefik/Envoy.
+    mode: RunMode = "proxy"
+    forward_auth_cache_ttl: float = 5.0  # seconds a front proxy may cache a fixed decision
+    workers: int = 1  # processes sharing the listening port (SO_REUSEPORT)
     # Limits (bytes)
     max_header_size: int = 8190  # one request line or header field
     max_headers: int = 100
@@ -88,8 +101,19 @@ class Settings:
             raise SettingsError(f"upstream: {self.upstream!r} must start with http:// or https://")
         for server in self.dns_servers:
             split_hostport(server, "dns_servers")
+        _one_of("store", self.store, ("memory", "redis"))
+        _one_of("rate_limit_fallback", self.rate_limit_fallback, ("local", "open"))
+        _one_of("mode", self.mode, ("proxy", "forward-auth"))
+        if self.store == "redis" and not self.redis_url.startswith(
+                ("redis://", "rediss://", "unix://")):
+            raise SettingsError(f"redis_url: {self.redis_url!r} must start with redis://, "
+                                "rediss:// or unix://")
+        if self.workers < 1:
+            raise SettingsError("workers: must be at least 1")
+        if self.store_timeout <= 0:
+            raise SettingsError("store_timeout: must be greater than 0")
         for name in ("rdns_budget", "dns_timeout", "signature_max_skew", "signature_max_age",
-                     "ranges_refresh_interval", "robots_ttl"):
+                     "ranges_refresh_interval", "robots_ttl", "forward_auth_cache_ttl"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name}: must not be negative")
 
@@ -115,6 +139,11 @@ class Settings:
             return Path(self.ranges_cache_dir)
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         return Path(base) / "gatekeeper" / "ip-ranges"
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise SettingsError(f"{name}: {value!r} is not one of {', '.join(choices)}")
 
 
 def split_hostport(value: str, name: str = "listen") -> tuple[str, int]:

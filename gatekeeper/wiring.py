@@ -47,6 +47,7 @@ from gatekeeper.observe.record import Observer, Recorder
 from gatekeeper.policy.loader import load_default_policy, load_policy_file
 from gatekeeper.policy.reload import PolicyHolder, ReloadResult, watch
 from gatekeeper.settings import Settings, split_hostport
+from gatekeeper.store.base import Store
 from gatekeeper.store.memory import MemoryStore
 from gatekeeper.verify.identity import IdentityVerifier
 from gatekeeper.verify.keydir import KeyDirectory
@@ -93,7 +94,7 @@ class Identity:
         await self.keys.close()
 
 
-def build_identity(settings: Settings, catalog: Catalog, store: MemoryStore, *,
+def build_identity(settings: Settings, catalog: Catalog, store: Store, *,
                    wait_for_dns: bool = False) -> Identity:
     """Published ranges (snapshot, or the fresher cached copy), reverse DNS and Web
     Bot Auth, wired to `settings`. Nothing here does I/O until a request needs it.
@@ -137,7 +138,7 @@ class Licensing:
     owners: OwnerRegistry
 
 
-def build_licensing(settings: Settings, store: MemoryStore) -> Licensing:
+def build_licensing(settings: Settings, store: Store) -> Licensing:
     state = settings.state_path()
     # No key directory yet means no tokens yet (`gatekeeper keys generate`); a directory
     # that is there but broken (a bad PEM, a key others can read) stops the start-up
@@ -167,7 +168,7 @@ class Components:
     settings: Settings
     catalog: Catalog
     holder: PolicyHolder
-    store: MemoryStore
+    store: Store
     gate: Gate
     registry: CollectorRegistry
     recorder: Recorder
@@ -177,13 +178,23 @@ class Components:
     licensing: Licensing
 
 
+def build_store(settings: Settings) -> Store:
+    """The configured store: this process's memory, or Redis shared by replicas."""
+    if settings.store == "redis":
+        from gatekeeper.store.redis import RedisStore
+
+        return RedisStore(settings.redis_url, prefix=settings.redis_prefix,
+                          timeout=settings.store_timeout)
+    return MemoryStore()
+
+
 def build(settings: Settings, registry: CollectorRegistry | None = None) -> Components:
     if not settings.upstream:
         raise SettingsError("upstream: required, e.g. --upstream http://127.0.0.1:8000")
     catalog = load_catalog(settings.catalog or None)
     policy = load_policy(settings.policy or None, catalog)
     holder = PolicyHolder(policy, settings.policy or None, catalog)
-    store = MemoryStore()
+    store = build_store(settings)
     classifier: Classifier = catalog
     if os.environ.get("GATEKEEPER_BENCH_NO_CLASSIFY") == "1":
         classifier = _NoClassification()
@@ -191,7 +202,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Comp
     behaviour = BehaviourConfig() if settings.behaviour else None
     licensing = build_licensing(settings, store)
     gate = Gate(classifier, holder.get, store, identity=identity.verifier, behaviour=behaviour,
-                licenses=licensing.gate, owners=licensing.owners.current)
+                licenses=licensing.gate, owners=licensing.owners.current,
+                fail_open=settings.rate_limit_fallback == "open")
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry, catalog.names, store=settings.store)
     recorder = Recorder(metrics, gk_logging.get_logger("gatekeeper"))

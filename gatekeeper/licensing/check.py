@@ -45,9 +45,11 @@ class LicenseGate:
     """Checks a request's licence token against the rule and the serving policy.
 
     `revoked(token_id)` says whether the operator revoked a token (the licensee
-    registry keeps the list). Quotas are counted in `store`; when the store cannot
-    answer, a licence with limits fails closed (`StoreUnavailable` propagates and
-    the proxy answers 503), since an unmetered grant cannot be taken back.
+    registry keeps the list); revocations are also looked up in `store`, where a
+    shared (Redis) store makes them visible to every replica at once. Quotas are
+    counted in `store` too; when the store cannot answer, the check fails closed
+    (`StoreUnavailable` propagates and the proxy answers 503), since a grant made
+    without them cannot be taken back.
     """
 
     def __init__(self, verifier: TokenVerifier, revoked: Callable[[str], bool],
@@ -71,7 +73,10 @@ class LicenseGate:
         if isinstance(result, TokenRejected):
             return LicenseCheck(LicenseStatus.INVALID, result.reason.value, result.detail)
         claims = result.claims
-        if self._revoked(claims.token_id):
+        # The registry's list (this host's state directory), then the store's, which
+        # replicas share: a store that cannot answer fails the check closed (503).
+        if self._revoked(claims.token_id) or await self._store.revoked(claims.token_id,
+                                                                         facts.now):
             return LicenseCheck(LicenseStatus.INVALID, TokenFailure.REVOKED.value,
                                 "the operator revoked this token", token_id=claims.token_id)
         if self._active is not None and not self._active(claims.subject):
