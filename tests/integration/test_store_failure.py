@@ -1,0 +1,132 @@
+"""The Redis store going away under the real proxy: stopped, paused, back again.
+
+The documented failure modes (docs/scaling-out.md): rate limits fall back to this
+process's counters (or let everything through with `rate_limit_fallback: open`),
+behaviour windows to this process's, licence checks that need the store fail
+closed with 503 and Retry-After; blocks never depend on the store; each fallback is
+counted; the store recovers without a restart."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gatekeeper.licensing.keys import Keyring
+from gatekeeper.licensing.licensees import Licensees
+from gatekeeper.licensing.tokens import LicenseClaims, issue_token
+from tests.integration.conftest import GPTBOT, StartGate, Upstream
+from tests.support.redis_server import RedisTestServer
+
+POLICY = """
+version: 1
+licenses:
+  - {name: train, usages: [ai-train]}
+rules:
+  - {name: slow-assistants, match: {crawlers: [ChatGPT-User]},
+     action: {rate_limit: {rate: 1/h, burst: 2, key: crawler}}}
+  - {name: training-needs-a-licence, match: {crawlers: [ClaudeBot]},
+     action: {require_license: {any_of: [train]}}}
+  - {name: no-gptbot, match: {crawlers: [GPTBot]}, action: block}
+"""
+ASSISTANT = {"User-Agent": "Mozilla/5.0 (compatible; ChatGPT-User/1.0)"}
+BROWSER = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0",
+           "Accept": "text/html", "Accept-Language": "en"}
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisTestServer]:
+    with RedisTestServer() as server:
+        yield server
+
+
+async def _statuses(url: str, headers: dict[str, str], n: int) -> list[int]:
+    out = []
+    async with aiohttp.ClientSession(skip_auto_headers=("User-Agent",)) as s:
+        for _ in range(n):
+            async with s.get(url, headers=headers) as r:
+                await r.read()
+                out.append(r.status)
+    return out
+
+
+def _fallbacks(gk: object) -> float:
+    registry = gk.components.registry  # type: ignore[attr-defined]
+    return registry.get_sample_value("gatekeeper_store_fallbacks_total", {"store": "redis"}) \
+        or 0.0
+
+
+async def test_a_stopped_store_falls_back_and_recovers_without_a_restart(
+    upstream: Upstream, start_gatekeeper: StartGate, redis_server: RedisTestServer
+) -> None:
+    gk = await start_gatekeeper(upstream.url, POLICY, store="redis",
+                                redis_url=redis_server.url, robots_compliance=False)
+    assert await _statuses(gk.url + "/a", ASSISTANT, 3) == [200, 200, 429]
+    assert _fallbacks(gk) == 0
+    redis_server.stop()
+    # This process's own bucket starts full: two more, then limited again.
+    assert await _statuses(gk.url + "/a", ASSISTANT, 3) == [200, 200, 429]
+    assert await _statuses(gk.url + "/b", BROWSER, 2) == [200, 200]  # behaviour, locally
+    assert await _statuses(gk.url + "/a", {"User-Agent": GPTBOT}, 1) == [403]
+    assert _fallbacks(gk) >= 5
+    redis_server.start()
+    before = _fallbacks(gk)
+    # The shared bucket again (the test server keeps nothing across a restart, so it
+    # starts full), and no fallback counted.
+    assert await _statuses(gk.url + "/a", ASSISTANT, 3) == [200, 200, 429]
+    assert _fallbacks(gk) == before
+
+
+async def test_rate_limits_can_fail_open(
+    upstream: Upstream, start_gatekeeper: StartGate, redis_server: RedisTestServer
+) -> None:
+    gk = await start_gatekeeper(upstream.url, POLICY, store="redis", redis_url=redis_server.url,
+                                rate_limit_fallback="open", robots_compliance=False)
+    redis_server.stop()
+    assert await _statuses(gk.url + "/a", ASSISTANT, 4) == [200] * 4
+
+
+async def test_a_paused_store_costs_a_request_its_timeout_not_a_hang(
+    upstream: Upstream, start_gatekeeper: StartGate, redis_server: RedisTestServer
+) -> None:
+    gk = await start_gatekeeper(upstream.url, POLICY, store="redis", redis_url=redis_server.url,
+                                robots_compliance=False)
+    assert await _statuses(gk.url + "/a", ASSISTANT, 1) == [200]
+    redis_server.pause()
+    try:
+        started = time.monotonic()
+        assert await _statuses(gk.url + "/a", ASSISTANT, 1) == [200]
+        # One store call for the bucket and one for the behaviour windows, each cut off.
+        assert time.monotonic() - started < 2.0
+    finally:
+        redis_server.resume()
+
+
+async def test_licence_checks_fail_closed_while_the_store_is_down(
+    upstream: Upstream, start_gatekeeper: StartGate, redis_server: RedisTestServer,
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    Keyring.generate(state / "keys")
+    keyring = Keyring.load(state / "keys")
+    Licensees(state / "licensees.json").add("acme", "Acme", "ClaudeBot", ["train"])
+    gk = await start_gatekeeper(upstream.url, POLICY, store="redis", redis_url=redis_server.url,
+                                site_hosts=("127.0.0.1",), state_dir=str(state),
+                                robots_compliance=False)
+    now = time.time()
+    token = issue_token(LicenseClaims(
+        issuer="https://127.0.0.1", audience=("127.0.0.1",), subject="acme",
+        crawler="ClaudeBot", crawler_key=None, license="train", usages=("ai-train",),
+        paths=(), not_before=now, expires=now + 3600, token_id="t-1",
+    ), keyring.active_signing_key())
+    licensed = {"User-Agent": "ClaudeBot/1.0", "Authorization": f"License {token}"}
+    assert await _statuses(gk.url + "/a", licensed, 1) == [200]
+    redis_server.stop()
+    async with aiohttp.ClientSession() as s, s.get(gk.url + "/a", headers=licensed) as r:
+        assert r.status == 503
+        assert r.headers["Retry-After"] == "5"
+    redis_server.start()
+    assert await _statuses(gk.url + "/a", licensed, 1) == [200]
