@@ -219,21 +219,26 @@ def _ledger(args: argparse.Namespace, settings: Settings) -> int:
     )
     from gatekeeper.ledger.file import read, verify
 
-    path = settings.state_path() / "ledger.jsonl"
-    if not path.exists():
-        raise GatekeeperError(f"{path}: no ledger yet (nothing licensed has been served)")
+    # ledger.jsonl, and ledger-<worker>.jsonl for each worker of `run --workers N`.
+    paths = sorted(settings.state_path().glob("ledger*.jsonl"))
+    if not paths:
+        raise GatekeeperError(f"{settings.state_path() / 'ledger.jsonl'}: no ledger yet "
+                              "(nothing licensed has been served)")
     if args.action == "verify":
-        result = verify(path)
-        if result.ok:
-            print(f"{path}: ok, {result.records} records, last hash {result.last_hash}")
-            return 0
-        print(f"{path}: broken at record {result.first_bad_seq}: {result.reason}: "
-              f"{result.detail}")
-        return 1
+        broken = 0
+        for path in paths:
+            result = verify(path)
+            if result.ok:
+                print(f"{path}: ok, {result.records} records, last hash {result.last_hash}")
+            else:
+                broken += 1
+                print(f"{path}: broken at record {result.first_bad_seq}: {result.reason}: "
+                      f"{result.detail}")
+        return 1 if broken else 0
     since = parse_bound(args.since) if args.since else None
     until = parse_bound(args.until) if args.until else None
     by: By = "license" if args.by == "licence" else args.by
-    records = read(path, since, until)
+    records = [r for path in paths for r in read(path, since, until)]
     if by == "owner":
         # A record's section is the owner of its path; the revenue column becomes
         # what each owner is owed under their share.

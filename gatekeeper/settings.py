@@ -44,6 +44,8 @@ class Settings:
     mode: RunMode = "proxy"
     forward_auth_cache_ttl: float = 5.0  # seconds a front proxy may cache a fixed decision
     workers: int = 1  # processes sharing the listening port (SO_REUSEPORT)
+    reuse_port: bool = False  # listen with SO_REUSEPORT (set for each worker by `workers`)
+    worker_id: str = ""  # set for each worker by `workers`: names its ledger file
     # Limits (bytes)
     max_header_size: int = 8190  # one request line or header field
     max_headers: int = 100

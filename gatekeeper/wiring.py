@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -341,6 +342,10 @@ async def serve(c: Components) -> None:
 
     def started(listeners: Listeners) -> None:
         (lh, lp), (ah, ap) = listeners.addresses
+        report = os.environ.get("GATEKEEPER_WORKER_REPORT")
+        if report:
+            # A worker of `--workers N`: tell the supervisor where its admin listener is.
+            Path(report).write_text(str(ap), encoding="utf-8")
         freeze_long_lived()
         log.info("started", listen=f"{lh}:{lp}", admin_listen=f"{ah}:{ap}",
                  upstream=c.settings.upstream, policy=c.holder.current.source)
@@ -363,11 +368,17 @@ async def serve(c: Components) -> None:
         log.info("stopped")
 
 
+def ledger_name(settings: Settings) -> str:
+    """Each worker of `--workers N` appends to a ledger file of its own (the file is
+    locked by its writer); `gatekeeper ledger` reads them all."""
+    return f"ledger-{settings.worker_id}.jsonl" if settings.worker_id else "ledger.jsonl"
+
+
 async def open_ledger(c: Components) -> FileLedger:
     """The usage ledger in the state directory, appended to by the recorder."""
     state = c.settings.state_path()
     state.mkdir(parents=True, exist_ok=True)
-    ledger = FileLedger(state / "ledger.jsonl")
+    ledger = FileLedger(state / ledger_name(c.settings))
     await ledger.start()
     c.recorder.ledger = ledger
     c.recorder.metrics.ledger_opened(lambda: ledger.durable_seq)
@@ -425,5 +436,10 @@ def run(settings: Settings) -> int:
         components = build(settings)
     except PolicyError as exc:
         raise SettingsError("the policy is invalid:\n" + str(exc)) from exc
+    if settings.workers > 1:
+        from gatekeeper import supervisor
+
+        supervisor.check_shared_limits(settings, components.holder.current)
+        return supervisor.run(settings)
     server.run(serve(components))
     return 0

@@ -278,7 +278,10 @@ class Listeners:
         else:
             runner, closer = make_runner(target, settings), None
             await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
+        # Workers of one `gatekeeper run --workers N` share the main listener's port.
+        reuse_port = settings.reuse_port and isinstance(target, ProxyService)
+        site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024,
+                           reuse_port=reuse_port or None)
         try:
             await site.start()
         except OSError as exc:
