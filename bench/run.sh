@@ -3,7 +3,8 @@
 #   1. the HTTP benchmark (bench/http_bench.py): wrk against nginx direct, the bare
 #      aiohttp pass-through (the baseline) and Gatekeeper allowing, blocking, and
 #      allowing with classification switched off;
-#   2. the decision-core benchmark (bench/test_bench_core.py, pytest-benchmark).
+#   2. the decision-core benchmark (bench/test_bench_core.py, pytest-benchmark);
+#   3. throughput from one worker to two (bench/workers_bench.py, Redis store).
 # Every figure is printed next to a baseline measured in the same run. Arguments go
 # to http_bench.py: --duration S --rounds N --connections C --loop uvloop|asyncio|both
 # --json FILE. Exits 0 whatever the targets say; non-zero only if it could not run.
@@ -39,14 +40,15 @@ apt_install() {  # apt_install PACKAGE...: the first one apt has a candidate for
 
 command -v wrk >/dev/null || apt_install wrk
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx-light nginx
+command -v redis-server >/dev/null || apt_install redis-server
 
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv 2>/dev/null || { apt_install python3-venv && python3 -m venv .venv; }
-    .venv/bin/python -m pip install -q -e '.[dev,speed]'
+    .venv/bin/python -m pip install -q -e '.[dev,speed,redis]'
 fi
 # uvloop (the speed extra) is what the targets are stated with; pytest-benchmark is in dev.
-if ! .venv/bin/python -c 'import uvloop, pytest_benchmark' 2>/dev/null; then
-    .venv/bin/python -m pip install -q -e '.[dev,speed]'
+if ! .venv/bin/python -c 'import uvloop, pytest_benchmark, redis' 2>/dev/null; then
+    .venv/bin/python -m pip install -q -e '.[dev,speed,redis]'
 fi
 
 .venv/bin/python bench/http_bench.py "$@"
@@ -55,3 +57,6 @@ echo
 .venv/bin/python -m pytest bench/test_bench_core.py bench/test_bench_behaviour.py \
     bench/test_bench_tokens.py --benchmark-only -q -p no:cacheprovider \
     --benchmark-columns=min,median,mean,rounds --benchmark-sort=name
+echo
+# Scaling from one worker to two (Redis store): bench/workers_bench.py.
+(cd bench && ../.venv/bin/python workers_bench.py)

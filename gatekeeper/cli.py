@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a proxy whose X-Forwarded-For/Forwarded is believed (repeatable)",
     )
     run.add_argument("--config", help="settings YAML file")
+    run.add_argument("--workers", type=int, metavar="N",
+                     help="worker processes sharing the port (default 1; >1 needs store: "
+                          "redis when the policy has rate limits)")
+    run.add_argument("--mode", choices=["proxy", "forward-auth"],
+                     help="proxy (default), or answer forward-auth subrequests of "
+                          "nginx/Traefik/Envoy")
     run.add_argument("--log-format", choices=["json", "console"])
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
@@ -125,6 +131,8 @@ def _run(args: argparse.Namespace) -> int:
         "trusted_proxies": tuple(args.trusted_proxy) if args.trusted_proxy else None,
         "log_format": args.log_format,
         "log_level": args.log_level,
+        "workers": args.workers,
+        "mode": args.mode,
     }
     settings = resolve(args.config, flags)
     code: int = wiring.run(settings)
