@@ -6,6 +6,7 @@ wrk in the same run, rounds alternating their order:
   pass-through         bench/passthrough.py (uvloop): the single-process baseline
   gatekeeper 1 worker  `gatekeeper run --workers 1`, store: redis
   gatekeeper 2 workers `gatekeeper run --workers 2`, store: redis
+  1 worker, local windows   the same as 1 worker with behaviour_store: local
 
 Both Gatekeeper targets use the Redis store (a real redis-server started here), as
 several workers must for the default policy's rate limits; the embedded default
@@ -45,6 +46,7 @@ from http_bench import (
 from origin import apt_install, nginx_origin, stop_process, wait_for_port
 
 PASS, ONE, TWO = "pass-through", "gatekeeper 1 worker", "gatekeeper 2 workers"
+LOCAL = "1 worker, local windows"
 
 
 @contextlib.contextmanager
@@ -82,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args(argv)
     wrk = ensure_wrk()
-    rounds: dict[str, list[WrkResult]] = {PASS: [], ONE: [], TWO: []}
+    rounds: dict[str, list[WrkResult]] = {PASS: [], ONE: [], TWO: [], LOCAL: []}
     with tempfile.TemporaryDirectory(prefix="gk-bench-") as tmpdir, \
             contextlib.ExitStack() as stack:
         origin_port = free_port()
@@ -90,15 +92,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack.enter_context(nginx_origin(origin_port))
         redis_url = stack.enter_context(redis_server())
         pass_port, one_port, two_port = free_port(), free_port(), free_port()
+        local_port = free_port()
         stack.enter_context(server(
             [PY, str(BENCH / "passthrough.py"), "--upstream", upstream, "--listen",
              f"127.0.0.1:{pass_port}", "--uvloop"], pass_port))
         for port, workers in ((one_port, 1), (two_port, 2)):
             cmd, env = gatekeeper(upstream, port, workers, redis_url)
             stack.enter_context(server(cmd, port, env))
+        cmd, env = gatekeeper(upstream, local_port, 1, redis_url)
+        stack.enter_context(server(cmd, local_port, {**env,
+                                                     "GATEKEEPER_BEHAVIOUR_STORE": "local"}))
         targets = [Target(PASS, "uvloop", pass_port, BROWSER, 200),
                    Target(ONE, "uvloop", one_port, BROWSER, 200),
-                   Target(TWO, "uvloop", two_port, BROWSER, 200)]
+                   Target(TWO, "uvloop", two_port, BROWSER, 200),
+                   Target(LOCAL, "uvloop", local_port, BROWSER, 200)]
         time.sleep(1.0)  # the second worker of the 2-worker target binds a moment later
         for t in targets:
             status, _ = probe(t)
@@ -126,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"[{min(ratios):.2f}..{max(ratios):.2f}]")
     print(f"1 worker (redis store) / pass-through req/s: {statistics.median(cost):.2f} "
           f"[{min(cost):.2f}..{max(cost):.2f}]")
+    local = [lo.rps / p.rps for lo, p in zip(rounds[LOCAL], rounds[PASS], strict=True)]
+    print(f"1 worker, behaviour_store: local / pass-through req/s: "
+          f"{statistics.median(local):.2f} [{min(local):.2f}..{max(local):.2f}]")
     return 0
 
 

@@ -116,6 +116,7 @@ class Gate:
         licenses: LicenseChecker | None = None,
         owners: Callable[[], Owners] | None = None,
         fail_open: bool = False,
+        windows: Store | None = None,
     ) -> None:
         # `policy` is a getter so a hot reload is seen by the next request.
         self._classifier = classifier
@@ -130,6 +131,8 @@ class Gate:
         # with `fail_open`, not at all) and behaviour windows kept here.
         self._local = MemoryStore(max_buckets=10_000)
         self._fail_open = fail_open
+        # Behaviour windows may be kept apart from the shared store (`behaviour_store`).
+        self._windows = windows if windows is not None else store
 
     def attach_robots(self, robots: RobotsSource | None) -> None:
         self._robots = robots
@@ -182,7 +185,7 @@ class Gate:
         if keys is not None and not decision.forward and cls.crawler is not None:
             # A refused crawler that comes back as a browser is switching user agents.
             try:
-                await self._store.note_refusal(keys, cls.crawler.name, facts.now)
+                await self._windows.note_refusal(keys, cls.crawler.name, facts.now)
             except StoreUnavailable:
                 await self._local.note_refusal(keys, cls.crawler.name, facts.now)
                 fallback = True
@@ -257,8 +260,8 @@ class Gate:
                               crawler.name if crawler is not None else "", disallowed)
         fallback = False
         try:
-            ip_window, net_window = await self._store.observe_client(keys, signals,
-                                                                     facts.now, cfg)
+            ip_window, net_window = await self._windows.observe_client(keys, signals,
+                                                                       facts.now, cfg)
         except StoreUnavailable:
             ip_window, net_window = await self._local.observe_client(keys, signals,
                                                                      facts.now, cfg)

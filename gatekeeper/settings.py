@@ -40,6 +40,9 @@ class Settings:
     redis_prefix: str = "gk:"
     store_timeout: float = 0.25  # seconds a store call may take before its fallback
     rate_limit_fallback: RateLimitFallback = "local"  # store down: per-process buckets, or open
+    # Behaviour windows in the configured store ("shared"), or in each process
+    # ("local": two fewer store round trips per request; each replica scores alone).
+    behaviour_store: Literal["shared", "local"] = "shared"
     # "proxy": the reverse proxy; "forward-auth": decisions for nginx/Traefik/Envoy.
     mode: RunMode = "proxy"
     forward_auth_cache_ttl: float = 5.0  # seconds a front proxy may cache a fixed decision
@@ -106,6 +109,7 @@ class Settings:
         _one_of("store", self.store, ("memory", "redis"))
         _one_of("rate_limit_fallback", self.rate_limit_fallback, ("local", "open"))
         _one_of("mode", self.mode, ("proxy", "forward-auth"))
+        _one_of("behaviour_store", self.behaviour_store, ("shared", "local"))
         if self.store == "redis" and not self.redis_url.startswith(
                 ("redis://", "rediss://", "unix://")):
             raise SettingsError(f"redis_url: {self.redis_url!r} must start with redis://, "

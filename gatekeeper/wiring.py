@@ -204,7 +204,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Comp
     licensing = build_licensing(settings, store)
     gate = Gate(classifier, holder.get, store, identity=identity.verifier, behaviour=behaviour,
                 licenses=licensing.gate, owners=licensing.owners.current,
-                fail_open=settings.rate_limit_fallback == "open")
+                fail_open=settings.rate_limit_fallback == "open",
+                windows=MemoryStore() if settings.behaviour_store == "local" else None)
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry, catalog.names, store=settings.store)
     recorder = Recorder(metrics, gk_logging.get_logger("gatekeeper"))

@@ -130,3 +130,21 @@ async def test_licence_checks_fail_closed_while_the_store_is_down(
         assert r.headers["Retry-After"] == "5"
     redis_server.start()
     assert await _statuses(gk.url + "/a", licensed, 1) == [200]
+
+
+@pytest.mark.parametrize(("where", "shared"), [("shared", True), ("local", False)])
+async def test_behaviour_windows_live_where_behaviour_store_says(
+    upstream: Upstream, start_gatekeeper: StartGate, redis_server: RedisTestServer,
+    where: str, shared: bool,
+) -> None:
+    import redis.asyncio
+
+    gk = await start_gatekeeper(upstream.url, POLICY, store="redis", redis_url=redis_server.url,
+                                behaviour_store=where, robots_compliance=False)
+    assert await _statuses(gk.url + "/b", BROWSER, 2) == [200, 200]
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        windows = [key async for key in client.scan_iter(match="gk:win:*")]
+    finally:
+        await client.aclose()
+    assert bool(windows) is shared
