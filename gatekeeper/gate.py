@@ -177,6 +177,7 @@ class Gate:
             except StoreUnavailable:
                 # Fail closed: a licence with limits cannot be granted unmetered.
                 decision = _LICENSE_CHECK_UNAVAILABLE
+                fallback = True
             else:
                 decision = decide(policy, selected, license=license, path=facts.path,
                                   max_price=facts.headers.get("crawler-max-price"))

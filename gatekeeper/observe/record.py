@@ -199,7 +199,8 @@ class Recorder:
         if now - self._fallback_warned_at >= STORE_WARNING_INTERVAL:
             self._log.warning("store_unavailable", store=self.metrics.store,
                               fallbacks=self._fallbacks_unreported,
-                              fallback="local rate-limit counters")
+                              fallback="see docs/scaling-out.md: local rate limits and "
+                                       "windows, licence checks answer 503")
             self._fallbacks_unreported = 0
             self._fallback_warned_at = now
 
