@@ -46,6 +46,7 @@ class Settings:
     # "proxy": the reverse proxy; "forward-auth": decisions for nginx/Traefik/Envoy.
     mode: RunMode = "proxy"
     forward_auth_cache_ttl: float = 5.0  # seconds a front proxy may cache a fixed decision
+    forward_auth_path_prefix: str = ""  # Envoy ext_authz `path_prefix`, stripped from checks
     workers: int = 1  # processes sharing the listening port (SO_REUSEPORT)
     reuse_port: bool = False  # listen with SO_REUSEPORT (set for each worker by `workers`)
     worker_id: str = ""  # set for each worker by `workers`: names its ledger file

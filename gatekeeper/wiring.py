@@ -349,11 +349,19 @@ async def serve(c: Components) -> None:
             Path(report).write_text(str(ap), encoding="utf-8")
         freeze_long_lived()
         log.info("started", listen=f"{lh}:{lp}", admin_listen=f"{ah}:{ap}",
-                 upstream=c.settings.upstream, policy=c.holder.current.source)
+                 mode=c.settings.mode, upstream=c.settings.upstream,
+                 policy=c.holder.current.source)
 
     try:
+        if c.settings.mode == "forward-auth":
+            from gatekeeper.edge.forward_auth import forward_auth_app
+
+            main: ProxyService | web.Application = forward_auth_app(
+                c, path_prefix=c.settings.forward_auth_path_prefix)
+        else:
+            main = proxy_app(c)
         await server.serve(
-            proxy_app(c), c.settings, admin=admin_app(c),
+            main, c.settings, admin=admin_app(c),
             on_reload=lambda: _discard(reload_policy(c)), on_started=started,
         )
     finally:

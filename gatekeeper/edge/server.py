@@ -346,7 +346,7 @@ async def serve_until_signalled(
 
 
 async def serve(
-    proxy: ProxyService,
+    proxy: ProxyService | web.Application,
     settings: Settings,
     *,
     admin: web.Application | None = None,
@@ -354,8 +354,9 @@ async def serve(
     on_started: Callable[[Listeners], object] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """The proxy on `settings.listen` and, if given, `admin` on
-    `settings.admin_listen`, until a signal (or `stop`); see the module docstring."""
+    """The proxy (or the forward-auth application) on `settings.listen` and, if
+    given, `admin` on `settings.admin_listen`, until a signal (or `stop`); see the
+    module docstring."""
     require_c_parser()
 
     async def start(listeners: Listeners) -> None:

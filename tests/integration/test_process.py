@@ -279,3 +279,22 @@ async def test_sighup_loads_a_new_signing_key_without_a_restart(  # type: ignore
     while await kids() != {first, second}:
         assert time.monotonic() < deadline, "the new key was not loaded"
         await asyncio.sleep(0.1)
+
+
+async def test_forward_auth_mode_answers_checks_from_the_trusted_proxy(
+    upstream: Upstream, run_gatekeeper
+) -> None:  # type: ignore[no-untyped-def]
+    gk = run_gatekeeper(upstream.url, "--mode", "forward-auth", "--trusted-proxy",
+                        "127.0.0.1/32")
+    async with aiohttp.ClientSession() as s:
+        checks = [("Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0", 200), (GPTBOT, 403)]
+        for ua, expected in checks:
+            async with s.get(gk.url + "/auth", headers={
+                    "User-Agent": ua, "X-Original-URI": "/articles/1",
+                    "X-Forwarded-For": "192.0.2.7"}) as r:
+                assert r.status == expected
+                assert r.headers["X-Gatekeeper-Rule"]
+    # Only decisions: nothing is forwarded to the upstream.
+    assert upstream.paths() == []
+    assert any(e.get("event") == "started" and e.get("mode") == "forward-auth"
+               for e in gk.log_events())
