@@ -277,6 +277,23 @@ def licence_endpoints(c: Components) -> Endpoints | None:
     return Endpoints(router, paths)
 
 
+def status_document(c: Components) -> dict[str, object]:
+    """What the status page shows: the last hour of activity and the policy's state."""
+    operators = {crawler.name: crawler.operator for crawler in c.catalog}
+    doc: dict[str, object] = c.recorder.activity.snapshot(lambda name: operators.get(name, ""))
+    policy = c.holder.current
+    reloads = c.recorder.reloads
+    serving = reloads.get("serving")
+    doc["policy"] = {
+        "source": policy.source, "mode": policy.mode.value,
+        "rules": len(policy.rules) + sum(len(s.rules) for s in policy.host_sections),
+        "licences": [lic.name for lic in policy.licenses],
+        "serving_since": serving.get("since") if isinstance(serving, dict) else None,
+        "last_reload": reloads.get("last"),
+    }
+    return doc
+
+
 def admin_app(c: Components) -> web.Application:
     probe = UpstreamProbe(c.upstream.host, c.upstream.port or _default_port(c.upstream))
 
@@ -284,7 +301,7 @@ def admin_app(c: Components) -> web.Application:
         return {"policy_loaded": c.holder.current is not None, "upstream_reachable": await probe()}
 
     app = build_admin_app(c.registry, ready, c.recorder.metrics.flush,
-                          owners=c.licensing.owners)
+                          owners=c.licensing.owners, status=lambda: status_document(c))
     keyring, settings = c.licensing.keyring, c.settings
     if keyring is not None and settings.site_hosts:
         # The licence server on the admin listener too (POST /token, /introspect, the

@@ -11,6 +11,7 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from importlib import resources
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -29,6 +30,7 @@ _NO_STORE = {"Cache-Control": "no-store"}
 def build_admin_app(
     registry: CollectorRegistry, ready: Readiness, flush: Callable[[], None] | None = None,
     *, owners: OwnerRegistry | None = None,
+    status: Callable[[], Mapping[str, object]] | None = None,
 ) -> web.Application:
     """The admin application: metrics from `registry`, readiness from `ready`.
 
@@ -60,10 +62,34 @@ def build_admin_app(
     app = web.Application(client_max_size=64 * 1024)
     if owners is not None:
         _owner_routes(app, owners)
+    if status is not None:
+        _status_routes(app, status)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+def _status_routes(app: web.Application, status: Callable[[], Mapping[str, object]]) -> None:
+    """GET /status: the "who is crawling me" page; GET /status.json: what it shows
+    (docs/status-page.md). The page is one static file with a little plain JavaScript
+    that polls the JSON; nothing is built."""
+    page = resources.files("gatekeeper.data").joinpath("status.html").read_bytes()
+
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(body=page, content_type="text/html", charset="utf-8",
+                            headers={**_NO_STORE, "Content-Security-Policy": _PAGE_CSP})
+
+    async def data(request: web.Request) -> web.Response:
+        return web.json_response(status(), headers=_NO_STORE)
+
+    app.router.add_get("/status", html)
+    app.router.add_get("/status.json", data)
+
+
+# The page's own inline style and script, and fetches to this listener: nothing else.
+_PAGE_CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+             "connect-src 'self'; img-src 'self' data:")
 
 
 def _owner_routes(app: web.Application, owners: OwnerRegistry) -> None:

@@ -30,6 +30,7 @@ from gatekeeper.errors import Problem
 from gatekeeper.gate import Outcome
 from gatekeeper.ledger.record import UsageRecord
 from gatekeeper.observe import logging as gk_logging
+from gatekeeper.observe.activity import Activity
 from gatekeeper.observe.metrics import NO_PURPOSE, Metrics
 from gatekeeper.verify.range_update import UpdateResult
 from gatekeeper.verify.ranges import RangeRegistry
@@ -96,6 +97,9 @@ class Recorder:
         self._clock = clock  # paces the store warning
         # Set by the wiring once the ledger is open and the licence gate exists.
         self.ledger: UsageSink | None = None
+        self.activity = Activity()  # the status page's last hour
+        # The serving policy's reloads, as the status page shows them.
+        self.reloads: dict[str, object] = {}
         self.count_licensed_bytes: Callable[[LicenseCheck, int, float], None] | None = None
 
     def observe(self, obs: Observation) -> None:
@@ -131,6 +135,14 @@ class Recorder:
             m.robots_violation(cls.name)
         if outcome.store_fallback:
             self.store_fallback()
+        if not obs.document:
+            lic = license.license if license is not None and \
+                decision.reason == Reason.LICENSED else None
+            self.activity.record(
+                cls.name, cls.purpose, decision.reason, decision.forward, outcome.identity,
+                obs.facts.path, outcome.robots_violation,
+                lic.name if lic is not None else "",
+                license.licensee if lic is not None and license is not None else "")
         if self._requests.enabled:
             self._requests.write("request", _request_fields(obs))
 
@@ -169,7 +181,11 @@ class Recorder:
         """A policy load or reload finished. Pass the serving `policy` on success:
         its rules become the rule label set, each at zero."""
         self.metrics.reload(ok, now)
+        at = now if now is not None else time.time()
+        self.reloads["last"] = {"ok": ok, "at": at, "source": source,
+                                "problems": [str(p) for p in problems]}
         if ok:
+            self.reloads["serving"] = {"source": source, "since": at}
             if policy is not None:
                 self.metrics.policy_loaded(policy)
             self._log.info("policy_reloaded", source=source)

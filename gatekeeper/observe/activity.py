@@ -1,0 +1,166 @@
+"""The last hour of traffic, by minute, for the status page (`/status.json`).
+
+Metrics answer "how much, over time" for Prometheus; this answers the operator's
+first question on opening the admin page, "who is crawling me right now", without a
+Prometheus: requests per crawler over the last hour with the actions taken, identity
+states, robots.txt violations, the paths AI crawlers take, and the licences in use.
+
+One bucket per minute in a ring of `minutes`; a bucket is reset when its minute comes
+round again. Browsers (clients that claim no crawler) are one counter: the page is
+about crawlers, and a browser request costs one increment here. Every key is bounded:
+crawler names come from the catalog (anything else is its kind), paths are kept per
+bucket up to `max_paths` (later new paths are not counted), licences are the policy's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from gatekeeper.core.owners import AI_PURPOSES
+
+BROWSERS: Final = "unknown"
+
+
+@dataclass(slots=True)
+class _CrawlerMinute:
+    requests: int = 0
+    actions: Counter[str] = field(default_factory=Counter)
+    identities: Counter[str] = field(default_factory=Counter)
+    violations: int = 0
+    licensed: int = 0
+    refused: int = 0
+
+
+@dataclass(slots=True)
+class _Minute:
+    minute: int = -1
+    browsers: int = 0
+    browsers_refused: int = 0
+    crawlers: dict[str, _CrawlerMinute] = field(default_factory=dict)
+    purposes: dict[str, str] = field(default_factory=dict)
+    paths: Counter[str] = field(default_factory=Counter)
+    path_crawlers: dict[str, set[str]] = field(default_factory=dict)
+    licences: Counter[str] = field(default_factory=Counter)
+    licensees: dict[str, set[str]] = field(default_factory=dict)
+
+
+class Activity:
+    def __init__(self, minutes: int = 60, max_paths: int = 2000,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._ring = [_Minute() for _ in range(minutes)]
+        self._minutes = minutes
+        self._max_paths = max_paths
+        self._clock = clock
+
+    def record(self, crawler: str, purpose: str | None, reason: str, forwarded: bool,
+               identity: str, path: str, violation: bool, licence: str = "",
+               licensee: str = "") -> None:
+        """One decided request; `reason` is the decision's (`allowed`, `blocked`,
+        `rate_limited`, `license_required`, `licensed`, ...)."""
+        bucket = self._bucket(self._clock())
+        if crawler == BROWSERS:
+            bucket.browsers += 1
+            if not forwarded:
+                bucket.browsers_refused += 1
+            return
+        entry = bucket.crawlers.get(crawler)
+        if entry is None:
+            entry = bucket.crawlers[crawler] = _CrawlerMinute()
+            bucket.purposes[crawler] = purpose or ""
+        entry.requests += 1
+        entry.actions[reason] += 1
+        if not forwarded:
+            entry.refused += 1
+        entry.identities[identity] += 1
+        if violation:
+            entry.violations += 1
+        if licence:
+            entry.licensed += 1
+            bucket.licences[licence] += 1
+            bucket.licensees.setdefault(licence, set()).add(licensee)
+        if purpose in _AI and (path in bucket.paths or len(bucket.paths) < self._max_paths):
+            bucket.paths[path] += 1
+            bucket.path_crawlers.setdefault(path, set()).add(crawler)
+
+    def snapshot(self, operators: Callable[[str], str] | None = None,
+                 top_paths: int = 20) -> dict[str, Any]:
+        """The last `minutes` minutes, summed, newest minute last in `per_minute`."""
+        now = self._clock()
+        current = int(now // 60)
+        crawlers: dict[str, _CrawlerMinute] = {}
+        purposes: dict[str, str] = {}
+        paths: Counter[str] = Counter()
+        path_crawlers: dict[str, set[str]] = {}
+        licences: Counter[str] = Counter()
+        licensees: dict[str, set[str]] = {}
+        browsers = refused = 0
+        per_minute = []
+        for age in range(self._minutes - 1, -1, -1):
+            minute = current - age
+            bucket = self._ring[minute % self._minutes]
+            if bucket.minute != minute:
+                per_minute.append({"minute": minute * 60, "browsers": 0, "crawlers": 0,
+                                   "refused": 0})
+                continue
+            browsers += bucket.browsers
+            refused += bucket.browsers_refused
+            crawled = refused_crawlers = 0
+            for name, entry in bucket.crawlers.items():
+                total = crawlers.setdefault(name, _CrawlerMinute())
+                total.requests += entry.requests
+                total.actions.update(entry.actions)
+                total.identities.update(entry.identities)
+                total.violations += entry.violations
+                total.licensed += entry.licensed
+                total.refused += entry.refused
+                purposes[name] = bucket.purposes[name]
+                crawled += entry.requests
+                refused_crawlers += entry.refused
+            paths.update(bucket.paths)
+            for path, names in bucket.path_crawlers.items():
+                path_crawlers.setdefault(path, set()).update(names)
+            licences.update(bucket.licences)
+            for name, holders in bucket.licensees.items():
+                licensees.setdefault(name, set()).update(holders)
+            per_minute.append({"minute": minute * 60, "browsers": bucket.browsers,
+                               "crawlers": crawled,
+                               "refused": bucket.browsers_refused + refused_crawlers})
+        rows: list[dict[str, Any]] = [{
+            "crawler": name,
+            "operator": operators(name) if operators is not None else "",
+            "purpose": purposes.get(name, ""),
+            "requests": entry.requests,
+            "reasons": dict(entry.actions),
+            "refused": entry.refused,
+            "identities": dict(entry.identities),
+            "robots_violations": entry.violations,
+            "licensed": entry.licensed,
+        } for name, entry in crawlers.items()]
+        rows.sort(key=lambda row: (-row["requests"], row["crawler"]))
+        return {
+            "generated_at": now,
+            "window_minutes": self._minutes,
+            "browsers": {"requests": browsers, "refused": refused},
+            "crawlers": rows,
+            "top_paths": [{"path": path, "requests": count,
+                           "crawlers": sorted(path_crawlers.get(path, ()))}
+                          for path, count in paths.most_common(top_paths)],
+            "licences": [{"license": name, "requests": count,
+                          "licensees": sorted(licensees.get(name, ()))}
+                         for name, count in licences.most_common()],
+            "per_minute": per_minute,
+        }
+
+    def _bucket(self, now: float) -> _Minute:
+        minute = int(now // 60)
+        bucket = self._ring[minute % self._minutes]
+        if bucket.minute != minute:
+            bucket = self._ring[minute % self._minutes] = _Minute(minute)
+        return bucket
+
+
+_AI: Final = frozenset(p.value for p in AI_PURPOSES)
