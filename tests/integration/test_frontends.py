@@ -102,20 +102,22 @@ def aiohttp_proxy(start_gatekeeper: StartGate) -> Launch:
 
 
 def mitmdump_executable() -> str:
-    """mitmdump next to this interpreter (the project's venv), or on PATH;
+    """mitmdump next to this interpreter (the project's venv), in .venv-mitmproxy
+    (scripts/setup-mitmproxy.sh: mitmproxy needs Python 3.12+), or on PATH;
     GATEKEEPER_MITMDUMP names another one."""
     named = os.environ.get("GATEKEEPER_MITMDUMP")
     if named:
         return named
     found = shutil.which("mitmdump", path=str(Path(sys.executable).parent)) or \
+        shutil.which("mitmdump", path=str(ROOT / ".venv-mitmproxy" / "bin")) or \
         shutil.which("mitmdump")
     if found is None:
         pytest.fail(
-            "mitmdump is not installed: the mitmproxy front end cannot be tested. Install "
-            "the extra in this Python (pip install -e '.[mitmproxy]', or the mitmproxy "
-            "extra in GATEKEEPER_EXTRAS for scripts/test.sh), or name in GATEKEEPER_MITMDUMP "
-            "an mitmdump whose Python can import gatekeeper's dependencies. mitmproxy>=12 "
-            f"needs Python 3.12 or newer; this is {sys.version.split()[0]}.",
+            "mitmdump is not installed: the mitmproxy front end cannot be tested. "
+            "scripts/test.sh runs scripts/setup-mitmproxy.sh, which builds .venv-mitmproxy "
+            "with the mitmproxy extra from a Python 3.12 or newer (mitmproxy>=12 needs it; "
+            f"this is {sys.version.split()[0]}); it found none. Or name in "
+            "GATEKEEPER_MITMDUMP an mitmdump whose Python can import gatekeeper.",
             pytrace=False)
     return found
 
