@@ -4,7 +4,8 @@
 #      aiohttp pass-through (the baseline) and Gatekeeper allowing, blocking, and
 #      allowing with classification switched off;
 #   2. the decision-core benchmark (bench/test_bench_core.py, pytest-benchmark);
-#   3. throughput from one worker to two (bench/workers_bench.py, Redis store).
+#   3. throughput from one worker to two (bench/workers_bench.py, Redis store);
+#   4. nginx + forward-auth against nginx with a user-agent map (bench/forward_auth.py).
 # Every figure is printed next to a baseline measured in the same run. Arguments go
 # to http_bench.py: --duration S --rounds N --connections C --loop uvloop|asyncio|both
 # --json FILE. Exits 0 whatever the targets say; non-zero only if it could not run.
@@ -60,3 +61,6 @@ echo
 echo
 # Scaling from one worker to two (Redis store): bench/workers_bench.py.
 (cd bench && ../.venv/bin/python workers_bench.py)
+echo
+# nginx asking Gatekeeper (forward-auth) against nginx deciding alone: bench/forward_auth.py.
+.venv/bin/python bench/forward_auth.py
