@@ -6,11 +6,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY gatekeeper ./gatekeeper
 # The embedded default policy is a symlink into policies/; installing copies its content.
 COPY policies ./policies
-RUN pip install ".[speed]" \
+# redis: the recipes in deploy/ run replicas sharing a Redis store.
+RUN pip install ".[speed,redis]" \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gatekeeper \
  && mkdir -p /var/lib/gatekeeper /var/cache/gatekeeper \
  && chown gatekeeper /var/lib/gatekeeper /var/cache/gatekeeper

@@ -710,9 +710,6 @@ def _image_extras() -> set[str]:
     return set()
 
 
-@pytest.mark.xfail(strict=True, reason="the Dockerfile installs .[speed] only: with store: "
-                   "redis (compose, Kubernetes) the image fails to import redis; install "
-                   ".[speed,redis] there, then remove this mark")
 def test_image_has_the_store_the_recipes_configure(
         compose: dict[str, Any], k8s_settings: Settings) -> None:
     gk = _service(compose, "gatekeeper")
