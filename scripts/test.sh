@@ -4,5 +4,5 @@
 # package, and the redis extra (redis-py) besides the usual dev and speed extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-GATEKEEPER_EXTRAS="${GATEKEEPER_EXTRAS:-dev,speed,redis}" scripts/setup.sh redis-server nginx
+GATEKEEPER_EXTRAS="${GATEKEEPER_EXTRAS:-dev,speed,redis}" scripts/setup.sh redis-server nginx prometheus
 exec .venv/bin/python -m pytest "$@"
