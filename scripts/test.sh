@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Set up and run the whole test suite (unit, integration over real sockets, CLI).
-# The Redis store is tested against a real redis-server: setup installs Debian's
-# package, and the redis extra (redis-py) besides the usual dev and speed extras.
+# Real parts the tests start: redis-server, nginx, prometheus and chromium (Debian
+# packages, installed when missing), and mitmdump (scripts/setup-mitmproxy.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-GATEKEEPER_EXTRAS="${GATEKEEPER_EXTRAS:-dev,speed,redis}" scripts/setup.sh redis-server nginx prometheus
+GATEKEEPER_EXTRAS="${GATEKEEPER_EXTRAS:-dev,speed,redis}" scripts/setup.sh redis-server nginx prometheus chromium
+# The mitmproxy front end needs Python 3.12+ (mitmproxy 12): a venv of its own.
+scripts/setup-mitmproxy.sh
 exec .venv/bin/python -m pytest "$@"
