@@ -7,9 +7,16 @@ reference, the aiohttp proxy, on the same table: the same status codes, the same
 answers for what the gate answered itself, and the same requests at the upstream
 (method, target, headers, body).
 
-Front ends (`FRONT_ENDS`): the aiohttp proxy in-process (`start_gatekeeper`), and
-`mitmdump -s gatekeeper/edge/mitm.py` in reverse mode as a subprocess. Another
-front end (forward-auth behind nginx, say) is one more `Launch` in `FRONT_ENDS`.
+Front ends (`FRONT_ENDS`): the aiohttp proxy in-process (`start_gatekeeper`),
+`mitmdump -s gatekeeper/edge/mitm.py` in reverse mode as a subprocess, and a real nginx
+with the shipped deploy/nginx/gatekeeper-forward-auth.conf asking the forward-auth
+endpoint (in-process). Another front end is one more `Launch` in `FRONT_ENDS`.
+
+nginx answers a denial from headers and forwards to the origin itself, which changes some
+answers by design (docs/forward-auth.md, deploy/nginx/README.md). It is compared with the
+reference by `nginx_comparable`, on what must not change: every status, the decision's
+headers, the gate's own bodies, and which requests reached the upstream. The cases it
+answers otherwise by design have their own expectation in the table (`front_ends`).
 """
 
 from __future__ import annotations
@@ -17,12 +24,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import ipaddress
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +39,22 @@ from typing import Any
 import orjson
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
+from gatekeeper import wiring
+from gatekeeper.edge.forward_auth import forward_auth_app
+from gatekeeper.edge.server import Listeners
+from gatekeeper.edge.target import canonicalize
 from gatekeeper.settings import Settings
 from tests.integration.conftest import StartGate, Upstream
+from tests.integration.test_nginx_forward_auth import (
+    SHIPPED,
+    find_nginx,
+    free_port,
+    main_conf,
+    render,
+    wait_for_port,
+)
 from tests.support.dns_server import DnsTestServer
 from tests.support.vector_dns import vector_zone
 
@@ -201,11 +223,71 @@ async def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -
 
 
 @pytest.fixture
-def front_ends(start_gatekeeper: StartGate, mitmdump: Launch) -> dict[str, Launch]:
-    return {"aiohttp-proxy": aiohttp_proxy(start_gatekeeper), "mitmproxy": mitmdump}
+async def nginx(tmp_path: Path) -> AsyncIterator[Launch]:
+    """Starts a real nginx with the shipped deploy/nginx/gatekeeper-forward-auth.conf
+    (rendered by test_nginx_forward_auth's `render`: only its addresses and cache
+    directory replaced) in front of `setup.upstream`, asking Gatekeeper's forward-auth
+    endpoint, started in-process with the table's settings and policy. Both are stopped
+    at teardown."""
+    started: list[tuple[asyncio.subprocess.Process, Listeners]] = []
+
+    async def launch(setup: Setup) -> int:
+        executable = find_nginx()
+        settings = Settings().with_overrides(
+            {**setup.settings, "state_dir": str(setup.state_dir), "upstream": setup.upstream.url,
+             "policy": str(setup.policy), "listen": "127.0.0.1:0"}, "frontends.yaml")
+        # nginx connects from 127.0.0.1: Gatekeeper must trust it to ask.
+        assert any(ipaddress.ip_address("127.0.0.1") in ipaddress.ip_network(cidr)
+                   for cidr in settings.trusted_proxies), settings.trusted_proxies
+        c = wiring.build(settings, CollectorRegistry())
+        listeners = Listeners()
+        gk_port = await listeners.start(forward_auth_app(c), "127.0.0.1:0", settings)
+        workdir = tmp_path / f"nginx-{len(started)}"
+        (workdir / "temp").mkdir(parents=True)
+        port = free_port()
+        shipped = workdir / "gatekeeper-forward-auth.conf"
+        shipped.write_text(render(SHIPPED.read_text(), listen=port, gatekeeper=gk_port,
+                                  origin=setup.upstream.port, cache=workdir / "cache"))
+        # The table's clients are sent from 127.0.0.1 with X-Forwarded-For, 127.0.0.1
+        # being a trusted proxy (`trusted_proxies`). nginx is the edge here, so it is
+        # nginx that must trust it, with its realip module: $remote_addr becomes the
+        # table's `ip`, which the shipped config sends Gatekeeper and the upstream in
+        # X-Forwarded-For. Outside the shipped file, as the deployment's http context.
+        site = workdir / "site.conf"
+        site.write_text("".join(f"set_real_ip_from {cidr};\n"
+                                for cidr in setup.settings["trusted_proxies"])
+                        + f"real_ip_header X-Forwarded-For;\ninclude {shipped};\n")
+        conf = workdir / "nginx.conf"
+        conf.write_text(main_conf(workdir, site))
+        proc = await asyncio.create_subprocess_exec(
+            executable, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf),
+            "-g", "daemon off;",
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append((proc, listeners))
+        await wait_for_port(port, proc, workdir)
+        return port
+
+    yield launch
+    for proc, listeners in started:
+        if proc.returncode is None:
+            proc.terminate()
+        try:
+            async with asyncio.timeout(10):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        await listeners.stop()
 
 
-FRONT_ENDS = ("aiohttp-proxy", "mitmproxy")
+@pytest.fixture
+def front_ends(start_gatekeeper: StartGate, mitmdump: Launch,
+               nginx: Launch) -> dict[str, Launch]:
+    return {"aiohttp-proxy": aiohttp_proxy(start_gatekeeper), "mitmproxy": mitmdump,
+            "nginx": nginx}
+
+
+FRONT_ENDS = ("aiohttp-proxy", "mitmproxy", "nginx")
 REFERENCE = "aiohttp-proxy"
 
 
@@ -234,15 +316,18 @@ async def test_front_end_answers_the_table(
 
     got = await run(front_end)
     for case in CASES:
-        check_case(case, got[case["name"]])
+        check_case(case, got[case["name"]], front_end)
     if front_end == REFERENCE:
         return
     upstream.seen.clear()
     upstream.robots_fetches.clear()
     reference = await run(REFERENCE)
+    compare = COMPARABLE.get(front_end, unchanged)
     for case in CASES:
         name = case["name"]
-        assert comparable(got[name]) == comparable(reference[name]), \
+        if front_end in case.get("front_ends", {}):
+            continue  # answered otherwise by design: checked against its own expectation
+        assert compare(got[name], False) == compare(reference[name], True), \
             f"{front_end} and {REFERENCE} differ on {name!r}"
 
 
@@ -261,12 +346,15 @@ async def run_table(port: int, upstream: Upstream) -> dict[str, Exchange]:
     return out
 
 
-def check_case(case: dict[str, Any], got: Exchange) -> None:
-    expect = case["expect"]
+def check_case(case: dict[str, Any], got: Exchange, front_end: str) -> None:
+    expect = case.get("front_ends", {}).get(front_end, case["expect"])
     name = case["name"]
     statuses = expect["status"] if isinstance(expect["status"], list) else [expect["status"]]
     assert [a.status for a in got.answers] == statuses, name
-    assert [s.target for s in got.upstream] == expect.get("upstream", []), name
+    targets = [s.target for s in got.upstream]
+    if front_end == "nginx":
+        targets = nginx_forwarded_targets(case, targets)
+    assert targets == expect.get("upstream", []), name
     last = got.answers[-1]
     if "json" in expect:
         body = orjson.loads(last.body)
@@ -277,15 +365,26 @@ def check_case(case: dict[str, Any], got: Exchange) -> None:
         assert last.header(header) is not None, (name, header)
         if value is not None:
             assert last.header(header) == value, (name, header)
+    for header in expect.get("headers_absent", []):
+        assert last.header(header) is None, (name, header)
+    sent = dict((k.lower(), v) for k, v in request_headers(case))
     for seen in got.upstream:
         headers = dict(seen.headers)
         for header, value in expect.get("upstream_headers", {}).items():
+            if front_end == "nginx" and not nginx_sets(header):
+                value = nginx_passes_on(header, sent)
             assert headers.get(header.lower()) == value, (name, header)
         for header in expect.get("upstream_without", []):
-            assert header.lower() not in headers, (name, header)
+            value = None
+            if front_end == "nginx" and not nginx_sets(header):
+                value = nginx_passes_on(header, sent)
+            assert headers.get(header.lower()) == value, (name, header)
         if "upstream_body" in expect:
             assert seen.body_sha256 == hashlib.sha256(
                 expect["upstream_body"].encode()).hexdigest(), name
+        if front_end == "nginx":
+            # What Gatekeeper decided reaches the origin, set by nginx.
+            assert {"x-gatekeeper-action", "x-gatekeeper-rule"} <= headers.keys(), name
 
 
 def comparable(exchange: Exchange) -> tuple[object, ...]:
@@ -301,18 +400,121 @@ def comparable(exchange: Exchange) -> tuple[object, ...]:
     return tuple(answers), tuple(dataclasses.astuple(s) for s in exchange.upstream)
 
 
+# -- what nginx changes by design (docs/forward-auth.md, deploy/nginx/README.md) ------
+
+# The headers the shipped config sets (or clears, with "") on the request to the origin:
+# the `proxy_set_header` lines of its `location /`. Read from the file, so that a header
+# the config comes to set is held to the table's expectation again.
+_LOCATION = re.search(r"\n    location / \{\n(.*?)\n    \}\n", SHIPPED.read_text(), re.S)
+assert _LOCATION is not None, "the shipped config has no `location /` block"
+NGINX_ORIGIN_HEADERS = frozenset(
+    name.lower() for name in re.findall(r"^\s*proxy_set_header\s+(\S+)\s", _LOCATION[1], re.M))
+# The headers a decision answer is made of, compared on every answer: the ones the
+# shipped config relays from Gatekeeper's denial (`@gatekeeper_denied`) or adds to an
+# allowed response, and the origin's Content-Type on a forwarded one. The rest differs
+# by design: nginx adds X-Gatekeeper-Status (checked against the status instead) and its
+# own Server; a policy's own block headers and the proxy's Cache-Control on its 400s are
+# not relayed (nginx can only add headers it names); Content-Length follows the body.
+DECISION_HEADERS = frozenset({"content-type", "retry-after", "www-authenticate", "link",
+                              "content-usage", "tdm-reservation", "tdm-policy"})
+
+
+def nginx_sets(header: str) -> bool:
+    return header.lower() in NGINX_ORIGIN_HEADERS
+
+
+def nginx_passes_on(header: str, sent: dict[str, str]) -> str | None:
+    """What the origin gets, through nginx, for a header the shipped config does not
+    set: nothing for a name with "_" (nginx drops those: `ignore_invalid_headers`), else
+    the client's own value, as sent. So nginx does not add the proxy's X-Real-IP,
+    X-Forwarded-Host and Forwarded (the origin gets X-Forwarded-For and X-Forwarded-Proto
+    only). It also passes on what the proxy strips, X-Real-IP, True-Client-IP,
+    X-Original-URL and a client's X-Gatekeeper-* other than the seven it sets: a gap
+    in the shipped config, not a choice the docs make (the decision's own headers are
+    nginx's); once the config clears them, `nginx_sets` holds them to the table."""
+    return None if "_" in header else sent.get(header.lower())
+
+
+def nginx_forwarded_targets(case: dict[str, Any], targets: list[str]) -> list[str]:
+    """nginx forwards the target as the client sent it (`proxy_pass` without a URI),
+    where the proxy forwards the canonical target Gatekeeper decided on (it asked about
+    $request_uri). Each forwarded target must be exactly the client's; what it is
+    compared as is its canonical form, Gatekeeper's own reading of it."""
+    for target in targets:
+        assert target == case["path"], (case["name"], target)
+    return [canonical(case.get("method", "GET"), target) for target in targets]
+
+
+def canonical(method: str, raw: str) -> str:
+    target = canonicalize(method, raw)
+    return target.path + (f"?{target.query}" if target.query else "")
+
+
+def nginx_body(body: bytes) -> bytes:
+    """A denial body as nginx answers it: it travels in one header line (a trailing
+    newline dropped, line breaks and control characters made spaces) and nginx's
+    `return` ends it with one newline."""
+    return re.sub(rb"[\x00-\x1f\x7f]", b" ", body.removesuffix(b"\n")) + b"\n"
+
+
+def nginx_comparable(exchange: Exchange, reference: bool) -> tuple[object, ...]:
+    """`comparable`, on what nginx must keep: every status; the decision headers of
+    every answer; the body of what the gate answered itself (JSON parsed, other bodies
+    in nginx's spelling); and of every request the upstream saw, the method, the target
+    (canonical, see `nginx_forwarded_targets`), the body's digest and the client the gate
+    decided on (X-Forwarded-For: both set it). Other headers at the upstream differ by
+    design (`nginx_passes_on`); check_case holds them to the table."""
+    answers = []
+    for answer in exchange.answers:
+        own = not exchange.upstream
+        headers = sorted((k.lower(), v) for k, v in answer.headers
+                         if k.lower() in DECISION_HEADERS or k.lower().startswith("crawler-"))
+        body: object = None
+        if own and not reference:
+            # nginx answers the status Gatekeeper put in X-Gatekeeper-Status.
+            assert answer.header("X-Gatekeeper-Status") == str(answer.status), answer
+        if own and answer.body:
+            if (answer.header("Content-Type") or "").startswith("application/json"):
+                body = orjson.loads(answer.body)
+            else:
+                body = nginx_body(answer.body) if reference else answer.body
+        answers.append((answer.status, headers, body))
+    upstream = tuple(
+        (s.method, canonical(s.method, s.target), s.body_sha256,
+         dict(s.headers).get("x-forwarded-for")) for s in exchange.upstream)
+    return tuple(answers), upstream
+
+
+def unchanged(exchange: Exchange, reference: bool) -> tuple[object, ...]:
+    return comparable(exchange)
+
+
+# How a front end's exchange and the reference's are made comparable, for front ends that
+# differ from the reference by design; `unchanged` (`comparable`) for the others. The
+# second argument says which of the two the exchange is.
+COMPARABLE: dict[str, Callable[[Exchange, bool], tuple[object, ...]]] = {
+    "nginx": nginx_comparable,
+}
+
+
+def request_headers(case: dict[str, Any]) -> list[tuple[str, str]]:
+    """The header lines `send` writes for `case`."""
+    body = case.get("body", "").encode()
+    return [
+        ("Host", case.get("host", TABLE["host"])),
+        ("User-Agent", case["ua"]),
+        *([("X-Forwarded-For", case["ip"])] if "ip" in case else []),
+        *case.get("headers", {}).items(),
+        *([("Content-Length", str(len(body)))] if body else []),
+        ("Connection", "close"),
+    ]
+
+
 async def send(port: int, case: dict[str, Any]) -> Answer:
     """One request as raw bytes (nothing normalises the target), read to the close."""
     body = case.get("body", "").encode()
-    lines = [
-        f"{case.get('method', 'GET')} {case['path']} HTTP/1.1",
-        f"Host: {case.get('host', TABLE['host'])}",
-        f"User-Agent: {case['ua']}",
-        *([f"X-Forwarded-For: {case['ip']}"] if "ip" in case else []),
-        *[f"{k}: {v}" for k, v in case.get("headers", {}).items()],
-        *([f"Content-Length: {len(body)}"] if body else []),
-        "Connection: close",
-    ]
+    lines = [f"{case.get('method', 'GET')} {case['path']} HTTP/1.1",
+             *[f"{k}: {v}" for k, v in request_headers(case)]]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
