@@ -261,7 +261,8 @@ class Metrics:
         )
         self.bad_requests = Counter(
             "gatekeeper_bad_requests_total",
-            "Requests refused before a decision (malformed or ambiguous), by reason.",
+            "Requests refused before a decision (malformed, ambiguous or too large: 400, "
+            "413, 431, ...), by reason.",
             ["reason"], registry=registry,
         )
         self.response_bytes = Counter(
@@ -278,7 +279,8 @@ class Metrics:
         )
         self.policy_info = Gauge(
             "gatekeeper_policy_info",
-            "Always 1: the serving policy's source and mode as labels.",
+            "Always 1: the serving policy's source (its file) and mode (enforce, monitor) "
+            "as labels.",
             ["source", "mode"], registry=registry,
         )
         self.store_fallbacks = Counter(
@@ -300,12 +302,15 @@ class Metrics:
         )
         self.verifications = Counter(
             "gatekeeper_verifications_total",
-            "Identity checks run, by method and result.", ["method", "result"],
+            "Identity checks run, by method (web-bot-auth, ip-ranges, reverse-dns) and "
+            "result (verified, refuted, unknown: could not finish, pending: reverse DNS "
+            "went on after the request's budget).", ["method", "result"],
             registry=registry,
         )
         self.verification_duration = Histogram(
             "gatekeeper_verification_duration_seconds",
-            "Time a request waited on one identity check, by method.", ["method"],
+            "Time a request waited on one identity check, by method (near 0 for a cached "
+            "or background DNS answer).", ["method"],
             buckets=CHECK_BUCKETS, registry=registry,
         )
         self.signature_failures = Counter(
@@ -315,17 +320,22 @@ class Metrics:
         )
         self.reclassifications = Counter(
             "gatekeeper_reclassifications_total",
-            "Requests classified otherwise than their user agent says, by evidence and "
-            "resulting crawler.", ["by", "crawler"], registry=registry,
+            "Requests classified otherwise than their user agent says, by evidence "
+            "(web-bot-auth: a valid signature names a catalog crawler; behaviour: the "
+            "crawler is then undeclared-bot) and resulting crawler.", ["by", "crawler"],
+            registry=registry,
         )
         self.ranges_age = Gauge(
             "gatekeeper_crawler_ranges_age_seconds",
             "Seconds since each published range list was last fetched or confirmed "
-            "unchanged (for a shipped snapshot: since the operator published it).",
+            "unchanged (for a shipped snapshot never refreshed: since the operator published "
+            "it; NaN for a list with no data).",
             ["list"], registry=registry,
         )
         self.ranges_prefixes = Gauge(
-            "gatekeeper_crawler_ranges_prefixes", "Prefixes loaded from each range list.",
+            "gatekeeper_crawler_ranges_prefixes",
+            "Prefixes loaded from each range list (0: no data, the list can neither "
+            "verify nor refute).",
             ["list"], registry=registry,
         )
         self.robots_violations = Counter(
@@ -337,7 +347,8 @@ class Metrics:
         self.declaration_reads = Counter(
             "gatekeeper_declaration_requests_total",
             "Requests for the public documents that declare the policy (robots.txt, "
-            "tdmrep.json, license.xml, terms, jwks.json), by document and crawler.",
+            "tdmrep.json, license.xml, terms, jwks.json), by document and the catalog "
+            "crawler the user agent names (other for everyone else).",
             ["document", "crawler"], registry=registry,
         )
         self.undeclared = Counter(
@@ -347,12 +358,14 @@ class Metrics:
         )
         self.license_checks = Counter(
             "gatekeeper_license_checks_total",
-            "Licence tokens presented to require_license rules, by result and reason.",
+            "Licence tokens presented to require_license rules, by result and token failure "
+            "reason (empty when granted); a request without a token is not counted.",
             ["result", "reason"], registry=registry,
         )
         self.licensed_requests = Counter(
             "gatekeeper_licensed_requests_total",
-            "Requests served under a licence, by licence and licensee.",
+            "Requests served under a licence, by licence (one of the serving policy's) and "
+            "registered licensee; anything else is other.",
             ["license", "licensee"], registry=registry,
         )
         self.licensed_bytes = Counter(
@@ -367,7 +380,8 @@ class Metrics:
         )
         self.tokens_revoked = Gauge(
             "gatekeeper_license_tokens_revoked_records",
-            "Revoked licence tokens still remembered (until they would have expired).",
+            "Revoked licence tokens still remembered (gatekeeper token revoke), until each "
+            "would have expired.",
             registry=registry,
         )
         self.ledger_last_seq = Gauge(
@@ -378,7 +392,8 @@ class Metrics:
         )
         self.range_updates = Counter(
             "gatekeeper_crawler_ranges_updates_total",
-            "Range-list refresh attempts, by list and result.", ["list", "result"],
+            "Background range-list refresh attempts, by list and result (updated; unchanged: "
+            "304 or the same bytes; failed: the last good copy stays).", ["list", "result"],
             registry=registry,
         )
 
