@@ -67,13 +67,16 @@ class Documents:
 
     def __init__(self, policy: Callable[[], Policy], jwks: Callable[[], Mapping[str, object]
                  | None], token_url: str, owners: Callable[[], Owners] | None = None, *,
-                 crawlers: Iterable[Crawler] = (), vocab: Vocabularies | None = None) -> None:
+                 crawlers: Iterable[Crawler] = (), vocab: Vocabularies | None = None,
+                 on_new_plan: Callable[[], None] | None = None) -> None:
         self._policy = policy
         self._jwks = jwks
         self._token_url = token_url
         self._owners = owners or (lambda: NO_OWNERS)
         self._crawlers = tuple(crawlers)
         self._vocab = vocab
+        # Called after a plan is computed: the wiring freezes long-lived objects then.
+        self._on_new_plan = on_new_plan
         self._origin: OriginSource | None = None
         # Keyed by the ids of the policy and owners they were made from; each entry also
         # holds those objects, so no id can be reused by another object while cached.
@@ -164,6 +167,8 @@ class Documents:
             self._plans.pop(next(iter(self._plans)))
         self._plans[key] = (found, (policy, owners))
         self._report(policy, found)
+        if self._on_new_plan is not None:
+            self._on_new_plan()
         return found
 
     def _report(self, policy: Policy, found: Plan) -> None:
