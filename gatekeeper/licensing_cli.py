@@ -75,6 +75,9 @@ def add_parsers(sub: Any) -> None:
     dsub.add_parser("verify", help="check the hash chain (exit 1 when broken)")
     for p in dsub.choices.values():
         p.add_argument("--config", help="settings YAML file")
+        p.add_argument("--from-store", action="store_true",
+                       help="every replica's copy in the Redis store (store: redis), "
+                            "instead of this host's files")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -219,6 +222,8 @@ def _ledger(args: argparse.Namespace, settings: Settings) -> int:
     )
     from gatekeeper.ledger.file import read, verify
 
+    if args.from_store:
+        return asyncio.run(_ledger_from_store(args, settings))
     # ledger.jsonl, and ledger-<worker>.jsonl for each worker of `run --workers N`.
     paths = sorted(settings.state_path().glob("ledger*.jsonl"))
     if not paths:
@@ -262,5 +267,39 @@ async def _revoke_in_store(settings: Settings, token_id: str, expires: float) ->
     store = build_store(settings)
     try:
         await store.revoke(token_id, expires, time.time())
+    finally:
+        await store.close()
+
+
+async def _ledger_from_store(args: argparse.Namespace, settings: Settings) -> int:
+    """`ledger export|verify --from-store`: the copies of every replica's ledger."""
+    from gatekeeper.ledger.export import By, aggregate, parse_bound, to_csv, to_json
+    from gatekeeper.ledger.mirror import read_store, verify_store
+    from gatekeeper.store.redis import RedisStore
+
+    if settings.store != "redis":
+        raise GatekeeperError("--from-store needs store: redis (and redis_url)")
+    store = RedisStore(settings.redis_url, prefix=settings.redis_prefix,
+                       timeout=max(settings.store_timeout, 5.0))
+    try:
+        if args.action == "verify":
+            results = await verify_store(store.client, settings.redis_prefix)
+            if not results:
+                raise GatekeeperError("the store holds no ledger copy yet")
+            for key, result in results.items():
+                state = "ok" if result.ok else f"broken at record {result.first_bad_seq}: " \
+                    f"{result.reason}: {result.detail}"
+                print(f"{key}: {state}, {result.records} records")
+            return 0 if all(r.ok for r in results.values()) else 1
+        since = parse_bound(args.since) if args.since else None
+        until = parse_bound(args.until) if args.until else None
+        by: By = "license" if args.by == "licence" else args.by
+        if by == "owner":
+            raise GatekeeperError("--by owner reads this host's owners: export without "
+                                  "--from-store")
+        rows = aggregate(await read_store(store.client, settings.redis_prefix, since, until),
+                         by)
+        sys.stdout.write(to_csv(rows) if args.format == "csv" else to_json(rows) + "\n")
+        return 0
     finally:
         await store.close()

@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -56,6 +57,9 @@ from gatekeeper.verify.range_update import RangeRefresher, UpdateResult
 from gatekeeper.verify.ranges import RangeRegistry
 from gatekeeper.verify.rdns import ReverseDnsVerifier
 from gatekeeper.verify.webbotauth import WebBotAuthVerifier
+
+if TYPE_CHECKING:
+    from gatekeeper.ledger.mirror import LedgerMirror
 from gatekeeper.vocabulary_loader import load_vocabularies
 
 
@@ -360,6 +364,7 @@ async def serve(c: Components) -> None:
     if refresher is not None:
         refresher.start()
     ledger = await open_ledger(c)
+    mirror = ledger_mirror(c, ledger)
 
     def started(listeners: Listeners) -> None:
         (lh, lp), (ah, ap) = listeners.addresses
@@ -392,9 +397,26 @@ async def serve(c: Components) -> None:
         # After the listeners drained: every licensed request that finished is in it.
         c.recorder.ledger = None
         await ledger.close()
+        if mirror is not None:
+            await mirror.close()  # after the file's last flush: the copy is complete
         await c.identity.close()
         await c.store.close()
         log.info("stopped")
+
+
+def ledger_mirror(c: Components, ledger: FileLedger) -> LedgerMirror | None:
+    """With the Redis store, the ledger file is copied into it for every replica to
+    read (`gatekeeper.ledger.mirror`); None with the memory store."""
+    if c.settings.store != "redis":
+        return None  # and redis-py, an optional extra, is never imported
+    from gatekeeper.ledger.mirror import LedgerMirror
+    from gatekeeper.store.redis import RedisStore
+
+    if not isinstance(c.store, RedisStore):
+        return None
+    mirror = LedgerMirror(c.store.client, ledger.path, prefix=c.settings.redis_prefix)
+    mirror.start()
+    return mirror
 
 
 def ledger_name(settings: Settings) -> str:

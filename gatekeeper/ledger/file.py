@@ -24,7 +24,7 @@ import functools
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -403,17 +403,24 @@ def verify(path: Path, *, anchor: tuple[int, str] | None = None) -> VerifyResult
     cannot see records removed from the end; `anchor` — a (seq, hash) recorded
     elsewhere earlier — closes that gap: the file must still hold that record.
     """
-    check = _Checker(anchor)
     try:
         with path.open("rb") as f:
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    check.incomplete_tail = True
-                    break
-                if check.feed(raw):
-                    return check.failed_with_lookahead(f)
+            return verify_lines(f, anchor=anchor)
     except OSError as exc:
         raise LedgerError(f"cannot read ledger {path}: {exc.strerror or exc}") from exc
+
+
+def verify_lines(lines: Iterable[bytes], *,
+                 anchor: tuple[int, str] | None = None) -> VerifyResult:
+    """`verify` over ledger lines from anywhere (a file, a copy in the store)."""
+    check = _Checker(anchor)
+    source = iter(lines)
+    for raw in source:
+        if not raw.endswith(b"\n"):
+            check.incomplete_tail = True
+            break
+        if check.feed(raw):
+            return check.failed_with_lookahead(source)
     return check.finish()
 
 

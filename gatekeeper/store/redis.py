@@ -69,14 +69,20 @@ _MAX_BUCKET_TTL_MS = 86_400_000
 _IDLE_EXPIRY = 3600.0
 
 # Lua turns numbers it returns into integers, so fractions travel as text; "%.17g"
-# round-trips a double exactly. `updated` is stored as the caller sent it.
+# round-trips a double exactly. `updated` is the latest time any caller sent.
 _TAKE = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local now = tonumber(ARGV[3])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
 local tokens
+local updated = ARGV[3]
 if state[1] then
+  -- Replicas' requests arrive a little out of order: the bucket's time never goes
+  -- back, or the same interval would be refilled twice.
+  if tonumber(state[2]) > now then
+    updated = state[2]
+  end
   local elapsed = math.max(0, now - tonumber(state[2]))
   tokens = math.min(burst, tonumber(state[1]) + elapsed * rate)
 else
@@ -88,7 +94,7 @@ if tokens >= 1 then
   allowed = 1
 end
 local text = string.format('%.17g', tokens)
-redis.call('HSET', KEYS[1], 'tokens', text, 'updated', ARGV[3])
+redis.call('HSET', KEYS[1], 'tokens', text, 'updated', updated)
 local ttl = tonumber(ARGV[5])
 if rate > 0 then
   ttl = math.min(ttl, math.ceil((burst - tokens) / rate * 1000))
@@ -209,6 +215,12 @@ class RedisStore:
         self._incr = client.register_script(_INCR)
         self._revoke = client.register_script(_REVOKE)
         self._idle = _IDLE_EXPIRY
+
+    @property
+    def client(self) -> redis.asyncio.Redis:
+        """The client, for parts that keep their own data in the same server (the
+        ledger's copy, `gatekeeper.ledger.mirror`)."""
+        return self._client
 
     @asynccontextmanager
     async def _guard(self, what: str) -> AsyncIterator[None]:

@@ -391,3 +391,16 @@ async def test_a_fresh_connection_to_a_paused_server_times_out_too(
         assert (await s.take("k", 1.0, 1, 100.0)).allowed
     finally:
         await s.close()
+
+
+async def test_replicas_arriving_out_of_order_never_refill_one_interval_twice(
+    store: RedisStore,
+) -> None:
+    # rate 1/s, burst 2: drain it at t=100, then a replica whose request was stamped a
+    # little earlier arrives; the bucket's time must not go back to 99.5.
+    assert (await store.take("ooo", 1.0, 2, 100.0)).allowed
+    assert (await store.take("ooo", 1.0, 2, 100.0)).allowed
+    assert not (await store.take("ooo", 1.0, 2, 99.5)).allowed
+    # Half a second after 100: half a token, not one (which 99.5 would have given).
+    assert not (await store.take("ooo", 1.0, 2, 100.5)).allowed
+    assert (await store.take("ooo", 1.0, 2, 101.0)).allowed

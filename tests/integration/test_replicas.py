@@ -66,8 +66,12 @@ def _replicas(tmp_path: Path, redis_url: str, upstream: Upstream, start, count: 
 
 
 async def _token_command(env: dict[str, str], *args: str) -> tuple[int, str]:
+    return await _gatekeeper(env, "token", *args)
+
+
+async def _gatekeeper(env: dict[str, str], *args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gatekeeper", "token", *args, env=env,
+        sys.executable, "-m", "gatekeeper", *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode()
@@ -123,3 +127,12 @@ async def test_a_revocation_reaches_every_replica_within_a_second(
         for replica in replicas[1:]:
             assert await _get(s, replica.url + "/articles/1", headers) == 401
         assert time.monotonic() - done < 1.0
+    # Each replica's ledger (one licensed request each) is copied into the store, where
+    # one command verifies them all.
+    for _ in range(60):
+        code, out = await _gatekeeper(env, "ledger", "verify", "--from-store", "--config",
+                                      str(config))
+        if code == 0 and out.count(": ok, 1 records") == 3:
+            break
+        await asyncio.sleep(0.1)
+    assert out.count(": ok, 1 records") == 3, out
