@@ -417,9 +417,13 @@ def forward_auth_app(
     ttl = cache_ttl if cache_ttl is not None else float(
         getattr(settings, "forward_auth_cache_ttl", DEFAULT_CACHE_TTL))
     keyring = c.licensing.keyring
+    from gatekeeper.wiring import freeze_long_lived
+
     documents = Documents(c.holder.get, lambda: keyring.jwks() if keyring is not None else None,
                           c.holder.get().token_url, c.licensing.owners.current,
-                          crawlers=c.catalog, vocab=load_vocabularies())
+                          crawlers=c.catalog, vocab=load_vocabularies(),
+                          # As in the proxy: a new plan is frozen out of the GC's way.
+                          on_new_plan=freeze_long_lived)
     auth = ForwardAuth(c.gate, observer or c.recorder, c.trusted, c.holder.get,
                        documents=documents, cache_ttl=ttl, path_prefix=path_prefix)
     app = web.Application()
