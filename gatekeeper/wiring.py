@@ -225,6 +225,17 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Comp
                       trusted, identity, licensing)
 
 
+def public_documents(c: Components) -> Documents:
+    """The public documents every front end serves or lets through ungated."""
+    keyring = c.licensing.keyring
+    return Documents(c.holder.get, lambda: keyring.jwks() if keyring is not None else None,
+                     c.holder.get().token_url, c.licensing.owners.current,
+                     crawlers=c.catalog, vocab=load_vocabularies(),
+                     # A plan lives until the policy or the origin's robots.txt changes:
+                     # out of the collector's way, like the policy itself.
+                     on_new_plan=freeze_long_lived)
+
+
 def proxy_app(c: Components, gate: Gate | None = None,
               observer: Observer | None = None) -> ProxyService:
     """The main listener: aiohttp's low-level server with the proxy, no router.
@@ -233,13 +244,7 @@ def proxy_app(c: Components, gate: Gate | None = None,
     proxy's own upstream pool."""
     gate = gate or c.gate
     robots: list[OriginRobots] = []
-    keyring = c.licensing.keyring
-    documents = Documents(c.holder.get, lambda: keyring.jwks() if keyring is not None else None,
-                          c.holder.get().token_url, c.licensing.owners.current,
-                          crawlers=c.catalog, vocab=load_vocabularies(),
-                          # A plan lives until the policy or the origin's robots.txt
-                          # changes: out of the collector's way, like the policy itself.
-                          on_new_plan=freeze_long_lived)
+    documents = public_documents(c)
 
     def attach(session: aiohttp.ClientSession) -> None:
         # One reader of the origin's robots.txt: the gate judges compliance with it and

@@ -406,7 +406,6 @@ def forward_auth_app(
     # Imported here: wiring imports the edge, and only this factory needs these.
     from gatekeeper.edge.origin_robots import OriginRobots
     from gatekeeper.edge.server import new_session
-    from gatekeeper.vocabulary_loader import load_vocabularies
 
     settings = c.settings
     if not c.trusted:
@@ -416,14 +415,9 @@ def forward_auth_app(
                             "proxy (nginx, Traefik, Envoy) connects from")
     ttl = cache_ttl if cache_ttl is not None else float(
         getattr(settings, "forward_auth_cache_ttl", DEFAULT_CACHE_TTL))
-    keyring = c.licensing.keyring
-    from gatekeeper.wiring import freeze_long_lived
+    from gatekeeper.wiring import public_documents
 
-    documents = Documents(c.holder.get, lambda: keyring.jwks() if keyring is not None else None,
-                          c.holder.get().token_url, c.licensing.owners.current,
-                          crawlers=c.catalog, vocab=load_vocabularies(),
-                          # As in the proxy: a new plan is frozen out of the GC's way.
-                          on_new_plan=freeze_long_lived)
+    documents = public_documents(c)
     auth = ForwardAuth(c.gate, observer or c.recorder, c.trusted, c.holder.get,
                        documents=documents, cache_ttl=ttl, path_prefix=path_prefix)
     app = web.Application()

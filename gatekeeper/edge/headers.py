@@ -227,6 +227,20 @@ def body_framing(incoming: MultiMapping[str]) -> int | None:
     return int(value)
 
 
+def request_framing(http10: bool, incoming: MultiMapping[str]) -> int | None:
+    """`body_framing`, after refusing the Transfer-Encodings a lenient parser accepts
+    but an upstream could read differently: any on HTTP/1.0, anything but one
+    `chunked`. The declared `Content-Length`, or None."""
+    te = incoming.get("Transfer-Encoding")
+    if te is not None:
+        if http10:
+            raise BadRequest("ambiguous_framing", "Transfer-Encoding on HTTP/1.0")
+        values = incoming.getall("Transfer-Encoding")
+        if len(values) != 1 or te.strip().lower() != "chunked":
+            raise BadRequest("ambiguous_framing", "Transfer-Encoding other than 'chunked'")
+    return body_framing(incoming)
+
+
 def downstream_response_headers(upstream: MultiMapping[str]) -> CIMultiDict[str]:
     """The upstream's response headers as the client should get them; see the module docstring."""
     nominated = connection_tokens(upstream)

@@ -85,7 +85,7 @@ import aiohttp
 from aiohttp import web
 from mitmproxy import addonmanager, ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
-from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gatekeeper import settings as gk_settings
 from gatekeeper import wiring
@@ -94,10 +94,10 @@ from gatekeeper.edge import responses, server
 from gatekeeper.edge.client_ip import client_ip
 from gatekeeper.edge.documents import Documents
 from gatekeeper.edge.headers import (
-    body_framing,
     connection_tokens,
     downstream_response_headers,
     is_websocket_upgrade,
+    request_framing,
     upstream_request_headers,
 )
 from gatekeeper.edge.origin_robots import OriginRobots
@@ -110,7 +110,6 @@ from gatekeeper.observe.record import Observation
 from gatekeeper.policy.reload import watch
 from gatekeeper.settings import Settings
 from gatekeeper.verify.range_update import RangeRefresher
-from gatekeeper.vocabulary_loader import load_vocabularies
 
 OPTIONS: Final = frozenset({
     "gatekeeper_policy", "gatekeeper_config", "gatekeeper_trusted_proxies",
@@ -191,12 +190,8 @@ class GatekeeperAddon:
             # Until this is fixed every request is refused (see `requestheaders`).
             raise _options_error(f"gatekeeper: {exc}") from exc
         c = self._c
-        keyring = c.licensing.keyring
-        self._documents = Documents(
-            c.holder.get, lambda: keyring.jwks() if keyring is not None else None,
-            c.holder.get().token_url, c.licensing.owners.current, crawlers=c.catalog,
-            vocab=load_vocabularies())
-        if keyring is not None and c.settings.site_hosts:
+        self._documents = wiring.public_documents(c)
+        if c.licensing.keyring is not None and c.settings.site_hosts:
             prefix = wiring.LICENCE_SERVER_PREFIX
             self._licence_paths = frozenset({prefix + "/token", prefix + "/introspect"})
 
@@ -346,7 +341,7 @@ class GatekeeperAddon:
         """The facts of a well-formed request and its declared body length;
         BadRequest for anything an upstream could read differently (as the proxy)."""
         request = flow.request
-        declared = _check_framing(request.http_version, headers)
+        declared = request_framing(request.http_version == "HTTP/1.0", headers)
         if declared is not None and declared > settings.max_body_size:
             raise BadRequest("body_too_large", "request body is larger than allowed", 413)
         expect = headers.get("Expect")
@@ -465,18 +460,6 @@ def _options_error(message: str) -> Exception:
     error: Exception = exceptions.OptionsError(message)  # type: ignore[no-untyped-call, unused-ignore]
     return error
 
-
-def _check_framing(version: str, headers: MultiMapping[str]) -> int | None:
-    """Copied from `gatekeeper.edge.proxy._check_framing` (private there): refuse
-    framings an upstream could read differently; the declared Content-Length otherwise."""
-    te = headers.get("Transfer-Encoding")
-    if te is not None:
-        if version == "HTTP/1.0":
-            raise BadRequest("ambiguous_framing", "Transfer-Encoding on HTTP/1.0")
-        values = headers.getall("Transfer-Encoding")
-        if len(values) != 1 or te.strip().lower() != "chunked":
-            raise BadRequest("ambiguous_framing", "Transfer-Encoding other than 'chunked'")
-    return body_framing(headers)
 
 
 def _error_kind(message: str, responded: bool) -> str:

@@ -26,7 +26,7 @@ from typing import Final
 
 import aiohttp
 from aiohttp import WSMsgType, web
-from multidict import CIMultiDict, MultiMapping
+from multidict import CIMultiDict
 from yarl import URL
 
 from gatekeeper.core.facts import RequestFacts
@@ -34,9 +34,9 @@ from gatekeeper.edge import responses
 from gatekeeper.edge.client_ip import TrustedProxies, client_ip
 from gatekeeper.edge.documents import Documents, Endpoints
 from gatekeeper.edge.headers import (
-    body_framing,
     downstream_response_headers,
     is_websocket_upgrade,
+    request_framing,
     upstream_request_headers,
     websocket_protocols,
     websocket_request_headers,
@@ -231,7 +231,7 @@ class Proxy:
         headers = request.headers
         if request.version < _HTTP10:
             raise BadRequest("http09", "HTTP/0.9 is not supported")
-        declared = _check_framing(request.version, headers)
+        declared = request_framing(request.version < _HTTP11, headers)
         if declared is not None and declared > self._max_body:
             raise BadRequest("body_too_large", "request body is larger than allowed", 413)
         expect = headers.get("Expect")
@@ -533,18 +533,6 @@ def _relayed_code(pumps: tuple[asyncio.Future[int], ...]) -> int:
             return pump.result()
     return int(aiohttp.WSCloseCode.OK)
 
-
-def _check_framing(version: aiohttp.HttpVersion, headers: MultiMapping[str]) -> int | None:
-    """Refuse framings the C parser tolerates but an upstream could read
-    differently; the declared Content-Length otherwise."""
-    te = headers.get("Transfer-Encoding")
-    if te is not None:
-        if version < _HTTP11:
-            raise BadRequest("ambiguous_framing", "Transfer-Encoding on HTTP/1.0")
-        values = headers.getall("Transfer-Encoding")
-        if len(values) != 1 or te.strip().lower() != "chunked":
-            raise BadRequest("ambiguous_framing", "Transfer-Encoding other than 'chunked'")
-    return body_framing(headers)
 
 
 def _safe_reason(reason: str | None) -> str | None:
