@@ -61,7 +61,12 @@ from http_bench import (
     run_wrk,
     server,
 )
-from origin import PAGE_SIZE, ensure_nginx, nginx_origin, stop_process, wait_for_port
+from origin import (
+    PAGE_SIZE,
+    ensure_nginx,
+    nginx_origin,
+    nginx_running,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "deploy" / "nginx" / "gatekeeper-forward-auth.conf"
@@ -193,23 +198,8 @@ def front_nginx(workdir: Path, port: int, http_conf: str) -> Iterator[None]:
     include.write_text(http_conf, encoding="utf-8")
     conf = workdir / "nginx.conf"
     conf.write_text(main_conf(workdir, include), encoding="utf-8")
-    cmd = [nginx, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf),
-           "-g", "daemon off;"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        try:
-            wait_for_port(port, proc)
-        except RuntimeError as exc:
-            stop_process(proc)
-            log = (workdir / "error.log").read_text(errors="replace") \
-                if (workdir / "error.log").exists() else ""
-            raise RuntimeError(f"front nginx did not start: {exc}\n{log}") from exc
+    with nginx_running(nginx, workdir, conf, port):
         yield
-    finally:
-        stop_process(proc)
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 # -- Gatekeeper in forward-auth mode ---------------------------------------------------

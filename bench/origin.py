@@ -175,24 +175,34 @@ def nginx_origin(port: int, workdir: Path | None = None) -> Iterator[subprocess.
             path.chmod(0o755 if path.is_dir() else 0o644)
         conf = workdir / "nginx.conf"
         conf.write_text(nginx_config(port, workdir), encoding="utf-8")
-        # -p keeps nginx from looking at its compiled-in prefix; -e (nginx >= 1.19.5)
-        # keeps it from opening the system error log before it reads the config.
-        cmd = [nginx, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf),
-               "-g", "daemon off;"]
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        yield stack.enter_context(nginx_running(nginx, workdir, conf, port))
+
+
+@contextlib.contextmanager
+def nginx_running(nginx: str, workdir: Path, conf: Path, port: int,
+                  ) -> Iterator[subprocess.Popen[bytes]]:
+    """nginx in the foreground with `conf`, once it listens on `port`; stopped after."""
+    # -p keeps nginx from looking at its compiled-in prefix; -e (nginx >= 1.19.5)
+    # keeps it from opening the system error log before it reads the config.
+    cmd = [nginx, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf),
+           "-g", "daemon off;"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
         try:
-            try:
-                wait_for_port(port, proc)
-            except RuntimeError as exc:
-                stop_process(proc)
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                raise RuntimeError(f"nginx did not start: {exc}\n{err.strip()}") from exc
-            yield proc
-        finally:
+            wait_for_port(port, proc)
+        except RuntimeError as exc:
             stop_process(proc)
-            if proc.stderr is not None:
-                proc.stderr.close()
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            log = workdir / "error.log"
+            if log.exists():
+                err += log.read_text(errors="replace")
+            raise RuntimeError(f"nginx did not start: {exc}\n{err.strip()}") from exc
+        yield proc
+    finally:
+        stop_process(proc)
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

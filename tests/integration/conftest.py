@@ -359,3 +359,12 @@ def statuses_of(responses: bytes) -> list[int]:
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 GPTBOT = ("Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2; "
           "+https://openai.com/gptbot)")
+# What a browser sends besides its user agent: without them behaviour scoring rightly
+# takes a client sending bare page requests for an undeclared bot.
+BROWSER_HEADERS = {
+    "User-Agent": BROWSER,
+    "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "Accept-Language": "en-GB,en;q=0.5",
+}
+ASSISTANT = "Mozilla/5.0 (compatible; ChatGPT-User/1.0; +https://openai.com/bot)"
+AHREFS = "Mozilla/5.0 (compatible; AhrefsBot/7.0; +http://ahrefs.com/robot/)"

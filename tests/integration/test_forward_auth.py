@@ -28,20 +28,16 @@ from gatekeeper.gate import Outcome
 from gatekeeper.observe import logging as gk_logging
 from gatekeeper.settings import Settings
 from tests.integration.conftest import (
+    AHREFS,
+    ASSISTANT,
     BROWSER,
+    BROWSER_HEADERS,
     GPTBOT,
     CountingObserver,
     StartGate,
     Upstream,
 )
 
-BROWSER_HEADERS = {
-    "User-Agent": BROWSER,
-    "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-    "Accept-Language": "en-GB,en;q=0.5",
-}
-ASSISTANT = "Mozilla/5.0 (compatible; ChatGPT-User/1.0; +https://openai.com/bot)"
-AHREFS = "Mozilla/5.0 (compatible; AhrefsBot/7.0; +http://ahrefs.com/robot/)"
 POLICY = """
 version: 1
 default: allow

@@ -55,6 +55,9 @@ from tests.integration.test_nginx_forward_auth import (
     render,
     wait_for_port,
 )
+from tests.integration.test_nginx_forward_auth import (
+    stop as stop_nginx,
+)
 from tests.support.dns_server import DnsTestServer
 from tests.support.vector_dns import vector_zone
 
@@ -269,14 +272,7 @@ async def nginx(tmp_path: Path) -> AsyncIterator[Launch]:
 
     yield launch
     for proc, listeners in started:
-        if proc.returncode is None:
-            proc.terminate()
-        try:
-            async with asyncio.timeout(10):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_nginx(proc)
         await listeners.stop()
 
 

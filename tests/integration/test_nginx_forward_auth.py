@@ -35,17 +35,18 @@ from gatekeeper.edge.forward_auth import forward_auth_app
 from gatekeeper.edge.server import Listeners
 from gatekeeper.observe import logging as gk_logging
 from gatekeeper.settings import Settings
-from tests.integration.conftest import BROWSER, GPTBOT, CountingObserver, Upstream
+from tests.integration.conftest import (
+    AHREFS,
+    ASSISTANT,
+    BROWSER,
+    BROWSER_HEADERS,
+    GPTBOT,
+    CountingObserver,
+    Upstream,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "deploy" / "nginx" / "gatekeeper-forward-auth.conf"
-BROWSER_HEADERS = {
-    "User-Agent": BROWSER,
-    "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-    "Accept-Language": "en-GB,en;q=0.5",
-}
-ASSISTANT = "Mozilla/5.0 (compatible; ChatGPT-User/1.0; +https://openai.com/bot)"
-AHREFS = "Mozilla/5.0 (compatible; AhrefsBot/7.0; +http://ahrefs.com/robot/)"
 POLICY = """
 version: 1
 default: allow
@@ -184,14 +185,20 @@ async def front(upstream: Upstream, tmp_path: Path) -> AsyncIterator[Front]:
         await wait_for_port(port, proc, workdir)
         yield Front(f"http://127.0.0.1:{port}", observer, workdir, listeners)
     finally:
-        proc.terminate()
-        try:
-            async with asyncio.timeout(10):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop(proc)
         await listeners.stop()
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    """Stop nginx (SIGTERM, then SIGKILL after 10 s)."""
+    if proc.returncode is None:
+        proc.terminate()
+    try:
+        async with asyncio.timeout(10):
+            await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
 
 
 async def wait_for_port(port: int, proc: asyncio.subprocess.Process, workdir: Path) -> None:
