@@ -225,7 +225,7 @@ class _Folding:
         self.served = origin if mode is RobotsMode.MERGE else None
         self.origin = origin
         fold = origin is not None and (self.served is not None or uses_robots)
-        star = [p for _, p in origin.global_rules()] if origin is not None and fold else []
+        star = list(origin.global_patterns()) if origin is not None and fold else []
         if len(star) > MAX_FOLDED:
             notes.append(Note("*", ROOT, f"the origin's `*` group has {len(star)} rules; "
                               f"only the first {MAX_FOLDED} are repeated in generated groups"))

@@ -213,15 +213,10 @@ class RobotsRules:
         key = robots_token.lower()
         return bool(key) and key != "*" and key in self._by_token
 
-    def global_rules(self) -> tuple[tuple[bool, str], ...]:
-        """The rules of the `*` groups as (allow, pattern), in file order."""
-        return tuple((rule.allow, rule.text.partition(": ")[2])
-                     for index in self._global for rule in self._groups[index].rules)
-
-    def patterns(self) -> tuple[str, ...]:
-        """Every Allow and Disallow pattern of the file, in file order."""
+    def global_patterns(self) -> tuple[str, ...]:
+        """The Allow and Disallow patterns of the `*` groups, in file order."""
         return tuple(rule.text.partition(": ")[2]
-                     for group in self._groups for rule in group.rules)
+                     for index in self._global for rule in self._groups[index].rules)
 
     def _choose(self, robots_token: str) -> _Choice:
         key = robots_token.lower()

@@ -105,10 +105,16 @@ def verdict_of(action: object) -> Verdict:
     return Verdict.ALLOW
 
 
+def section_index(policy: Policy, host: str) -> int:
+    """Which host section `host` falls in (the first that matches), -1 for none: as
+    `gatekeeper.core.evaluate.select` chooses it."""
+    return next((i for i, s in enumerate(policy.host_sections)
+                 if any(p.match(host) for p in s.hosts)), -1)
+
+
 def _rules_for(policy: Policy, host: str) -> tuple[Rule, ...]:
-    section = next((s for s in policy.host_sections
-                    if any(p.match(host) for p in s.hosts)), None)
-    return policy.rules if section is None else section.rules + policy.rules
+    index = section_index(policy, host)
+    return policy.rules if index < 0 else policy.host_sections[index].rules + policy.rules
 
 
 @lru_cache(maxsize=256)

@@ -33,6 +33,7 @@ from gatekeeper.core.model import Policy, RobotsMode
 from gatekeeper.core.owners import NO_OWNERS, Owners, Stance
 from gatekeeper.core.robots import RobotsRules
 from gatekeeper.core.rsl import RSL_MEDIA_TYPE, render_rsl
+from gatekeeper.core.stance import section_index
 from gatekeeper.core.tdmrep import render_tdmrep
 from gatekeeper.core.terms import render_terms_html, render_terms_json
 from gatekeeper.core.usage import Vocabularies
@@ -154,10 +155,8 @@ class Documents:
         """The declarations for `host` (cached; see `gatekeeper.core.declarations`)."""
         assert self._vocab is not None
         owners = self._owners()
-        section = next((i for i, s in enumerate(policy.host_sections)
-                        if any(p.match(host) for p in s.hosts)), -1)
         text = origin.text if origin is not None else ""
-        key = (id(policy), id(owners), section, text)
+        key = (id(policy), id(owners), section_index(policy, host), text)
         cached = self._plans.get(key)
         if cached is not None:
             return cached[0]
