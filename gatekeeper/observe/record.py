@@ -121,10 +121,13 @@ class Recorder:
             if outcome.claimed is not None and verification.signed_as is not None:
                 m.reclassified("web-bot-auth", cls.name)
         license = outcome.license
+        # The licence the request was served under, if it was.
+        served_under = license.license if license is not None and \
+            decision.reason == Reason.LICENSED else None
         if license is not None:
             m.license_checked(license)
-            if decision.reason == Reason.LICENSED and license.license is not None:
-                self._licensed(obs, license, license.license)
+            if served_under is not None:
+                self._licensed(obs, license, served_under)
         score = outcome.behaviour
         if score is not None and score.undeclared:
             m.reclassified("behaviour", cls.name)
@@ -136,13 +139,11 @@ class Recorder:
         if outcome.store_fallback:
             self.store_fallback()
         if not obs.document:
-            lic = license.license if license is not None and \
-                decision.reason == Reason.LICENSED else None
             self.activity.record(
                 cls.name, cls.purpose, decision.reason, decision.forward, outcome.identity,
                 obs.facts.path, outcome.robots_violation,
-                lic.name if lic is not None else "",
-                license.licensee if lic is not None and license is not None else "")
+                served_under.name if served_under is not None else "",
+                license.licensee if served_under is not None and license is not None else "")
         if self._requests.enabled:
             self._requests.write("request", _request_fields(obs))
 
