@@ -195,7 +195,7 @@ def plan(
     site_words = _site_words(catalog, policy_stance, vocab, stated, patterns)
     folding = _Folding(origin, regions, mode, uses_robots, notes)
     groups, named, conflicts = _groups(catalog, judged, vocab, folding,
-                                       settings.content_usage, stated, site_words)
+                                       settings.content_usage, stated, site_words, notes)
     site_usage = {p: content_usage(words.items()) for p, words in site_words.items()}
     tdm = _tdm(catalog, policy_stance, vocab, stated, patterns)
     signal = _signal(catalog, policy_stance, vocab, stated) if settings.content_usage else ""
@@ -217,36 +217,50 @@ class _Folding:
     and the policy does not block it". Under a `robots: disallowed` rule the origin's
     patterns bound what the policy enforces too, so they are folded in replace mode
     as well. Each rule is placed once in the policy's regions; a rule with `*` has
-    no exact representative path and is noted.
+    no exact representative path and is noted. In replace mode a crawler the
+    origin names in a group of its own is bound by that group, not by `*`
+    (`for_token`).
     """
 
     def __init__(self, origin: RobotsRules | None, regions: PatternSet, mode: RobotsMode,
-                 uses_robots: bool, notes: list[Note]) -> None:
+                 uses_robots: bool, notes: list[Note], token: str = "*",
+                 who: str = "*") -> None:
         self.served = origin if mode is RobotsMode.MERGE else None
         self.origin = origin
+        self.token = token
+        self._settings = (regions, mode, uses_robots)
         fold = origin is not None and (self.served is not None or uses_robots)
-        star = list(origin.global_patterns()) if origin is not None and fold else []
+        star = list(origin.patterns_for(token)) if origin is not None and fold else []
         if len(star) > MAX_FOLDED:
-            notes.append(Note("*", ROOT, f"the origin's `*` group has {len(star)} rules; "
-                              f"only the first {MAX_FOLDED} are repeated in generated groups"))
+            notes.append(Note(who, ROOT, f"the origin's {token!r} group has {len(star)} "
+                              f"rules; only the first {MAX_FOLDED} are repeated in generated "
+                              "groups"))
             star = star[:MAX_FOLDED]
-        notes.extend(Note("*", p, "the origin's pattern has a wildcard: folded into "
+        notes.extend(Note(who, p, "the origin's pattern has a wildcard: folded into "
                           "generated groups by a representative path") for p in star if "*" in p)
-        # pattern -> (its policy region, the origin's `*` group disallows it)
+        # pattern -> (its policy region, the origin's group disallows it)
         self.rules: dict[str, tuple[str, bool]] = {}
         for pattern in star:
             path = representative(pattern)
             assert origin is not None
             self.rules[pattern] = (regions.best(path) or ROOT,
-                                   not origin.verdict("*", path).allowed)
+                                   not origin.verdict(token, path).allowed)
+
+    def for_token(self, crawler: Crawler, notes: list[Note]) -> _Folding:
+        """The folding for a crawler the origin names itself (replace mode only)."""
+        if self.origin is None or not self.origin.names(crawler.robots_token):
+            return self
+        regions, mode, uses_robots = self._settings
+        return _Folding(self.origin, regions, mode, uses_robots, notes,
+                        token=crawler.robots_token, who=crawler.name)
 
     def origin_disallows(self, pattern: str) -> bool:
-        """The origin's `*` verdict at a policy region's representative path."""
+        """The origin's verdict at a policy region's representative path."""
         found = self.rules.get(pattern)
         if found is not None:
             return found[1]
         return self.origin is not None and not self.origin.verdict(
-            "*", representative(pattern)).allowed
+            self.token, representative(pattern)).allowed
 
 
 # -- regions ----------------------------------------------------------------------------
@@ -305,17 +319,20 @@ def _groups(
     catalog: Sequence[Crawler], judged: dict[str, dict[str, tuple[Stance, Stance]]],
     vocab: Vocabularies, folding: _Folding, with_usage: bool,
     stated: dict[str, dict[str, bool]], site_words: dict[str, dict[str, bool]],
+    notes: list[Note],
 ) -> tuple[tuple[Group, ...], tuple[str, ...], tuple[str, ...]]:
     groups: list[Group] = []
     named: list[str] = []
     conflicts: list[str] = []
     served = folding.served
+    star = folding
     for crawler in catalog:
         by_region = judged[crawler.name]
         if served is not None and served.names(crawler.robots_token):
             named.append(crawler.name)
             conflicts.extend(_conflicts(crawler, by_region, served))
             continue
+        folding = star.for_token(crawler, notes)
         # Every policy region and every folded origin rule, with what the group says.
         declared: dict[str, bool] = {}
         for pattern in by_region:

@@ -215,8 +215,15 @@ class RobotsRules:
 
     def global_patterns(self) -> tuple[str, ...]:
         """The Allow and Disallow patterns of the `*` groups, in file order."""
-        return tuple(rule.text.partition(": ")[2]
-                     for index in self._global for rule in self._groups[index].rules)
+        return self.patterns_for("*")
+
+    def patterns_for(self, robots_token: str) -> tuple[str, ...]:
+        """The Allow and Disallow patterns of the groups that apply to `robots_token`."""
+        key = robots_token.lower()
+        indexes = self._by_token.get(key) if key and key != "*" else None
+        return tuple(dict.fromkeys(rule.text.partition(": ")[2]
+                                   for index in (indexes or self._global)
+                                   for rule in self._groups[index].rules))
 
     def _choose(self, robots_token: str) -> _Choice:
         key = robots_token.lower()

@@ -143,6 +143,21 @@ def test_replace_mode_leaves_the_origins_file_out() -> None:
     assert "User-agent: GPTBot\nDisallow: /\n" in text
 
 
+def test_replace_mode_judges_robots_rules_by_the_crawlers_own_origin_group() -> None:
+    # The origin lets GPTBot in everywhere; only `*` is kept out of /private/. The
+    # `robots: disallowed` exemption therefore never applies to GPTBot, which the
+    # next rule blocks, /private/ included.
+    policy = _policy("declarations: {robots_txt: replace}\n"
+                     "rules:\n"
+                     "  - {match: {kinds: [crawler], robots: disallowed}, action: allow}\n"
+                     "  - {match: {crawlers: [GPTBot]}, action: block}\n")
+    origin = "User-agent: *\nDisallow: /private/\n\nUser-agent: GPTBot\nAllow: /\n"
+    _, text = _robots(policy, origin)
+    rules = RobotsRules.parse(text.encode())
+    assert not rules.verdict("GPTBot", "/private/").allowed
+    assert not rules.verdict("GPTBot", "/a").allowed
+
+
 def test_an_authors_opt_out_is_declared_for_ai_crawlers() -> None:
     owners = Owners((Owner("ana", (compile_path_glob("/ana/**"),), Stance.OPT_OUT,
                            Decimal(0)),))
