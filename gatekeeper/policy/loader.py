@@ -84,6 +84,22 @@ _PLAIN_TAGS = frozenset(
 _NOT_TEXT = frozenset(_CORE_TAG + t for t in ("bool", "null"))
 
 
+class _CountingLoader(yaml.SafeLoader):
+    """The safe loader, refusing a document with more than `MAX_YAML_ALIASES` aliases
+    (the "billion laughs" shape: each level of aliases multiplies the walk)."""
+
+    aliases = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > V.MAX_YAML_ALIASES:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise yaml.composer.ComposerError(
+                    None, None, f"more than {V.MAX_YAML_ALIASES} aliases (*name)", mark)
+        return super().compose_node(parent, index)
+
+
 class CatalogNames(Protocol):
     """What validation needs from the crawler catalog (`core.catalog.Catalog`)."""
 
@@ -173,16 +189,21 @@ class _Context:
         problem is the file itself (main file) or the include line naming it."""
         reason = None
         try:
-            data = path.read_bytes()
+            # One byte more than allowed tells an oversized file without reading it all.
+            with path.open("rb") as f:
+                data = f.read(V.MAX_POLICY_FILE_BYTES + 1)
         except OSError as exc:
             self.files.append(SourceFile(path.resolve(), None))
             reason = exc.strerror or str(exc)
         else:
             self.files.append(SourceFile(path.resolve(), hashlib.sha256(data).hexdigest()))
-            try:
-                return data.decode("utf-8")
-            except UnicodeDecodeError:
-                reason = "not UTF-8 text"
+            if len(data) > V.MAX_POLICY_FILE_BYTES:
+                reason = f"larger than {V.MAX_POLICY_FILE_BYTES // 1024} KiB"
+            else:
+                try:
+                    return data.decode("utf-8")
+                except UnicodeDecodeError:
+                    reason = "not UTF-8 text"
         if node is None:
             self.problems.append(Problem(str(shown), 0, "", f"cannot read policy file: {reason}"))
         else:
@@ -229,7 +250,7 @@ class _FileWalker:
 
     def compose(self, text: str) -> Node | None:
         try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            root = yaml.compose(text, Loader=_CountingLoader)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else 0

@@ -21,6 +21,7 @@ from pathlib import Path
 from gatekeeper.core.model import Policy
 from gatekeeper.errors import Problem
 from gatekeeper.policy.loader import CatalogNames, SourceFile, read_policy_file
+from gatekeeper.policy.vocabulary import MAX_POLICY_FILE_BYTES
 
 # A file whose mtime is this recent may change again within the same mtime
 # tick without its size changing, so its content is hashed even when its
@@ -130,7 +131,10 @@ def _stat(path: Path) -> _Stat:
 
 
 def _digest(path: Path) -> str | None:
+    # As much as the loader reads and hashes: an oversized file (refused) is not
+    # taken for a changed one on every poll.
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        with path.open("rb") as f:
+            return hashlib.sha256(f.read(MAX_POLICY_FILE_BYTES + 1)).hexdigest()
     except OSError:
         return None

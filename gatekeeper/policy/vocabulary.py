@@ -139,6 +139,15 @@ RESERVED_RULE_NAMES = frozenset({"default"})
 MAX_RULE_NAME = 100
 # Includes may nest; this bounds a runaway include tree (cycles are refused anyway).
 MAX_INCLUDED_FILES = 64
+# Bytes in one policy file. Real policies are kilobytes; loading takes about 0.4 ms per
+# rule, so the cap bounds the time a reload can take (a 50 MiB file would hold a
+# reload for minutes) and the memory the YAML nodes need.
+MAX_POLICY_FILE_BYTES = 1024 * 1024
+# YAML aliases (`*name`) in one file. An alias is never expanded, but the walk visits
+# what it names each time: 60 aliases at each of three levels (hosts, rules, paths)
+# already mean 216,000 paths from a 1.4 KB file. Real policies reuse an anchor a
+# few times.
+MAX_YAML_ALIASES = 100
 DECLARATION_KEYS: dict[str, str] = {
     "robots_txt": "merge (default): origin's file plus generated groups; replace; off.",
     "tdmrep": "Serve /.well-known/tdmrep.json and tdm-* headers (default true).",

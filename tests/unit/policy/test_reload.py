@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from gatekeeper.catalog_loader import load_catalog
 from gatekeeper.policy import reload as reload_module
 from gatekeeper.policy.loader import load_default_policy, load_policy_file
 from gatekeeper.policy.reload import PolicyHolder, ReloadResult, watch
+from gatekeeper.policy.vocabulary import MAX_POLICY_FILE_BYTES
 
 CATALOG = load_catalog()
 GOOD = "version: 1\nrules:\n  - {name: one, action: block}\n"
@@ -52,6 +54,19 @@ def test_bad_reload_keeps_the_last_good_policy_and_reports_why(tmp_path: Path) -
     assert not result.ok
     assert result.source == str(path)
     assert [(p.line, p.field) for p in result.problems] == [(3, "rules[0].action")]
+    assert holder.current is before
+
+
+def test_an_oversized_file_is_refused_without_being_loaded(tmp_path: Path) -> None:
+    holder, path = holder_for(tmp_path)
+    before = holder.current
+    # Valid YAML all the way: only the size is wrong (a long comment).
+    path.write_text(GOOD + "# " + "x" * MAX_POLICY_FILE_BYTES + "\n")
+    started = time.perf_counter()
+    result = holder.reload()
+    assert time.perf_counter() - started < 1.0  # loading it all takes tens of seconds
+    assert not result.ok
+    assert [p.message for p in result.problems] == ["cannot read policy file: larger than 1024 KiB"]
     assert holder.current is before
 
 
@@ -174,6 +189,17 @@ async def test_watch_reports_a_bad_file_then_recovers(
     await eventually(lambda: len(results) == 2)
     assert results[1].ok
     assert names(holder) == ["three"]
+
+
+async def test_watch_reports_an_oversized_file_once(
+    watching: tuple[PolicyHolder, Path, list[ReloadResult]],
+) -> None:
+    holder, path, results = watching
+    path.write_text(GOOD + "# " + "x" * MAX_POLICY_FILE_BYTES + "\n")
+    await eventually(lambda: len(results) == 1)
+    await asyncio.sleep(INTERVAL * 10)
+    assert [r.ok for r in results] == [False]  # not reloaded again on every poll
+    assert names(holder) == ["one"]
 
 
 async def test_watch_follows_included_files(tmp_path: Path) -> None:
