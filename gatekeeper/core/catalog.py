@@ -282,7 +282,10 @@ def _classify(tables: _Tables, user_agent: str) -> Classification:
             best_key, best = key, result
     if best_key is not None:
         return best
-    if tables.generic is not None and tables.generic.Match(user_agent):
+    # aiohttp hands header bytes that are not UTF-8 over as surrogate escapes, which
+    # RE2's str path refuses to encode: match the original bytes instead.
+    if tables.generic is not None and tables.generic.Match(
+            user_agent.encode("utf-8", "surrogateescape")):
         return OTHER_BOT
     return UNKNOWN
 

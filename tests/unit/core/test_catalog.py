@@ -215,6 +215,15 @@ def test_generic_patterns_are_case_sensitive_and_skipped_when_re2_cannot_compile
     assert catalog.classify("Mozilla/5.0 thing").kind is Kind.UNKNOWN
 
 
+def test_a_user_agent_with_bytes_that_are_not_utf8_classifies_without_error() -> None:
+    # How aiohttp passes such header bytes on: as surrogate escapes.
+    ua = (b"Mozilla/5.0 " + bytes(range(0x80, 0x100))).decode("utf-8", "surrogateescape")
+    catalog = Catalog([crawler("GPTBot", "gptbot")], generic_bot_patterns=["Thing"])
+    assert catalog.classify(ua).kind is Kind.UNKNOWN
+    assert catalog.classify(ua + " Thing").kind is Kind.OTHER_BOT
+    assert catalog.classify(ua + " GPTBot/1.2").name == "GPTBot"
+
+
 SMALL = small()
 
 
