@@ -61,7 +61,8 @@ async def explain(
     policy = load_policy(settings.policy or None, catalog)
     report: dict[str, Any] = {"policy": policy.source, "mode": policy.mode.value}
     try:
-        canonical = canonicalize(method, target)
+        canonical = canonicalize(method, target,
+                                 fold_case=settings.path_case == "insensitive")
         host = check_host(headers.get("Host"))
     except BadRequest as exc:
         report["request"] = {"method": method, "target": target}

@@ -23,6 +23,7 @@ LogFormat = Literal["json", "console"]
 StoreKind = Literal["memory", "redis"]
 RateLimitFallback = Literal["local", "open"]
 RunMode = Literal["proxy", "forward-auth"]
+PathCase = Literal["sensitive", "insensitive"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +54,16 @@ class Settings:
     # Limits (bytes)
     max_header_size: int = 8190  # one request line or header field
     max_headers: int = 100
+    # The request line and all header fields together (431 above it). aiohttp bounds
+    # each line and their number, not their sum: 100 fields of 8 KiB would pass.
+    max_header_block_size: int = 32 * 1024
     max_body_size: int = 100 * 1024 * 1024  # enforced while streaming: 413
     # Timeouts (seconds)
     client_header_timeout: float = 15.0  # also the keep-alive idle timeout
     client_body_timeout: float = 30.0  # idle time between two body chunks
+    client_send_timeout: float = 60.0  # seconds a client may take to accept part of a response
+    client_body_min_rate: int = 500  # bytes/s a body must average past its timeout; 0: off
+    max_in_flight_per_client: int = 32  # requests one client may have forwarded at once; 0: off
     upstream_connect_timeout: float = 5.0
     upstream_read_timeout: float = 60.0  # idle time waiting for upstream bytes
     upstream_pool_size: int = 100
@@ -81,6 +88,9 @@ class Settings:
     site_hosts: tuple[str, ...] = ()  # the hosts licence tokens are for; empty: no tokens
     issuer: str = ""  # the `iss` of issued tokens; empty: https://<first site host>
     forward_license_tokens: bool = False  # pass `Authorization: License ...` upstream
+    # "insensitive" for an origin that ignores case (IIS): paths are lower-cased outside
+    # %XX escapes before the decision and forwarded so; policy globs are then lower case.
+    path_case: PathCase = "sensitive"
 
     def with_overrides(self, values: Mapping[str, Any], origin: str) -> Settings:
         """A copy with `values` applied; unknown names or bad types raise SettingsError."""
@@ -111,6 +121,7 @@ class Settings:
         _one_of("rate_limit_fallback", self.rate_limit_fallback, ("local", "open"))
         _one_of("mode", self.mode, ("proxy", "forward-auth"))
         _one_of("behaviour_store", self.behaviour_store, ("shared", "local"))
+        _one_of("path_case", self.path_case, ("sensitive", "insensitive"))
         if self.store == "redis" and not self.redis_url.startswith(
                 ("redis://", "rediss://", "unix://")):
             raise SettingsError(f"redis_url: {self.redis_url!r} must start with redis://, "
@@ -120,7 +131,8 @@ class Settings:
         if self.store_timeout <= 0:
             raise SettingsError("store_timeout: must be greater than 0")
         for name in ("rdns_budget", "dns_timeout", "signature_max_skew", "signature_max_age",
-                     "ranges_refresh_interval", "robots_ttl", "forward_auth_cache_ttl"):
+                     "ranges_refresh_interval", "robots_ttl", "forward_auth_cache_ttl",
+                     "client_body_min_rate", "client_send_timeout", "max_in_flight_per_client"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name}: must not be negative")
 

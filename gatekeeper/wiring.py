@@ -325,17 +325,28 @@ def admin_app(c: Components) -> web.Application:
     return app
 
 
-def _discard(_: object) -> None:
-    """SIGHUP handlers return nothing; the result is recorded by `reload_policy`."""
+# Tasks started from a signal handler: held here so they are not collected mid-run.
+_reloads: set[asyncio.Task[ReloadResult]] = set()
+
+
+def _reload_in_background(c: Components) -> None:
+    """SIGHUP: start `reload_policy` without waiting (a signal handler cannot)."""
+    task = asyncio.get_running_loop().create_task(reload_policy(c))
+    _reloads.add(task)
+    task.add_done_callback(_reloads.discard)
 
 
 def _default_port(upstream: Upstream) -> int:
     return 443 if upstream.scheme == "https" else 80
 
 
-def reload_policy(c: Components) -> ReloadResult:
-    """SIGHUP: the policy, and the signing keys (key rotation without a restart)."""
-    result = c.holder.reload()
+async def reload_policy(c: Components) -> ReloadResult:
+    """SIGHUP: the policy, and the signing keys (key rotation without a restart).
+
+    The policy is read and validated in a worker thread, as the file watcher does:
+    a large policy takes seconds to load, and requests must not wait for it. The
+    new policy replaces the old one atomically once it is valid."""
+    result = await asyncio.to_thread(c.holder.reload)
     record_reload(c, result)
     reload_keys(c)
     return result
@@ -392,7 +403,7 @@ async def serve(c: Components) -> None:
             main = proxy_app(c)
         await server.serve(
             main, c.settings, admin=admin_app(c),
-            on_reload=lambda: _discard(reload_policy(c)), on_started=started,
+            on_reload=lambda: _reload_in_background(c), on_started=started,
         )
     finally:
         watcher.cancel()
@@ -481,9 +492,11 @@ def range_refresher(c: Components) -> RangeRefresher | None:
         c.recorder.ranges_refreshed(registry, results)
         freeze_long_lived()
 
+    # The first round waits a moment after startup, but never longer than the
+    # interval itself: an interval of a second means lists a second old at most.
     return RangeRefresher(c.settings.ranges_sources_path(), c.settings.ranges_cache_path(),
                           interval,
-                          verification_session, reloaded)
+                          verification_session, reloaded, initial_delay=min(5.0, interval))
 
 
 def run(settings: Settings) -> int:

@@ -21,6 +21,7 @@ forwarded responses carry.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final, Protocol
@@ -83,6 +84,7 @@ class Documents:
         # holds those objects, so no id can be reused by another object while cached.
         self._cache: dict[tuple[int, int, str, str], tuple[bytes, str, object]] = {}
         self._plans: dict[tuple[int, int, int, str], tuple[Plan, object]] = {}
+        self._building: dict[tuple[int, int, int, str], asyncio.Future[Plan]] = {}
         self._reported: set[tuple[int, str]] = set()
 
     def attach_origin(self, origin: OriginSource | None) -> None:
@@ -140,6 +142,17 @@ class Documents:
     def response_headers(self, host: str, path: str, scheme: str,
                          authority: str = "") -> tuple[tuple[str, str], ...]:
         """The declaration headers for a forwarded response on `path`; no I/O."""
+        found = self._headers(host, path, scheme, authority, build=True)
+        assert found is not None
+        return found
+
+    def ready_headers(self, host: str, path: str, scheme: str,
+                      authority: str = "") -> tuple[tuple[str, str], ...] | None:
+        """`response_headers`, or None while the plan is not built (`build_plan`)."""
+        return self._headers(host, path, scheme, authority, build=False)
+
+    def _headers(self, host: str, path: str, scheme: str, authority: str,
+                 build: bool) -> tuple[tuple[str, str], ...] | None:
         if self._vocab is None:
             return ()
         policy = self._policy()
@@ -149,19 +162,52 @@ class Documents:
         rsl = policy.rsl_url
         if rsl.startswith("/"):
             rsl = f"{scheme}://{authority or host}{rsl}"
-        return self.plan(policy, host, self._peek(host)).headers_for(path, rsl)
+        origin = self._peek(host)
+        if not build:
+            cached = self._plans.get(self._key(policy, self._owners(), host, origin))
+            return cached[0].headers_for(path, rsl) if cached is not None else None
+        return self.plan(policy, host, origin).headers_for(path, rsl)
 
     def plan(self, policy: Policy, host: str, origin: RobotsRules | None) -> Plan:
         """The declarations for `host` (cached; see `gatekeeper.core.declarations`)."""
         assert self._vocab is not None
         owners = self._owners()
-        text = origin.text if origin is not None else ""
-        key = (id(policy), id(owners), section_index(policy, host), text)
+        key = self._key(policy, owners, host, origin)
         cached = self._plans.get(key)
         if cached is not None:
             return cached[0]
         found = plan(policy, self._crawlers, self._vocab, host=host, origin=origin,
                      owners=owners)
+        return self._keep(key, found, policy, owners)
+
+    async def build_plan(self, host: str) -> None:
+        """Build the current plan for `host` in a worker thread, once however many
+        requests wait for it. A plan takes 0.1 to 0.5 s to derive (a policy reload,
+        a new origin robots.txt, new owners): on the event loop, every request and
+        health check would wait that long."""
+        assert self._vocab is not None
+        policy, owners, origin = self._policy(), self._owners(), self._peek(host)
+        key = self._key(policy, owners, host, origin)
+        if key in self._plans:
+            return
+        pending = self._building.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(asyncio.to_thread(
+                plan, policy, self._crawlers, self._vocab, host=host, origin=origin,
+                owners=owners))
+            self._building[key] = pending
+            pending.add_done_callback(lambda _: self._building.pop(key, None))
+        found = await asyncio.shield(pending)
+        if key not in self._plans:
+            self._keep(key, found, policy, owners)
+
+    def _key(self, policy: Policy, owners: Owners, host: str,
+             origin: RobotsRules | None) -> tuple[int, int, int, str]:
+        text = origin.text if origin is not None else ""
+        return (id(policy), id(owners), section_index(policy, host), text)
+
+    def _keep(self, key: tuple[int, int, int, str], found: Plan, policy: Policy,
+              owners: Owners) -> Plan:
         if len(self._plans) >= _MAX_PLANS:
             self._plans.pop(next(iter(self._plans)))
         self._plans[key] = (found, (policy, owners))

@@ -113,6 +113,7 @@ class ForwardAuth:
         documents: Documents | None = None,
         cache_ttl: float = DEFAULT_CACHE_TTL,
         path_prefix: str = "",
+        fold_case: bool = False,
     ) -> None:
         if path_prefix and (not path_prefix.startswith("/") or path_prefix.endswith("/")):
             raise ValueError(f"path_prefix {path_prefix!r} must start with '/' and not end "
@@ -123,6 +124,7 @@ class ForwardAuth:
         self._policy = policy
         self._documents = documents
         self._prefix = path_prefix
+        self._fold_case = fold_case  # `path_case: insensitive`: decide on the lower-cased path
         seconds = math.floor(cache_ttl) if math.isfinite(cache_ttl) else 0
         self._cache_for: tuple[tuple[str, str], ...] = (
             (("X-Accel-Expires", str(seconds)), ("Cache-Control", f"private, max-age={seconds}"))
@@ -203,7 +205,7 @@ class ForwardAuth:
             host_header = _single(headers, "X-Forwarded-Host") or _single(headers, "Host")
         if not _TOKEN.fullmatch(method):
             raise BadRequest("bad_method", "the original method is not an HTTP token")
-        canonical = canonicalize(method, target)
+        canonical = canonicalize(method, target, fold_case=self._fold_case)
         host = check_host(host_header)
         proto = (_single(headers, "X-Forwarded-Proto") or "").lower()
         facts = RequestFacts(
@@ -419,7 +421,8 @@ def forward_auth_app(
 
     documents = public_documents(c)
     auth = ForwardAuth(c.gate, observer or c.recorder, c.trusted, c.holder.get,
-                       documents=documents, cache_ttl=ttl, path_prefix=path_prefix)
+                       documents=documents, cache_ttl=ttl, path_prefix=path_prefix,
+                       fold_case=settings.path_case == "insensitive")
     app = web.Application()
     app.router.add_route("*", r"/{tail:[\s\S]*}", auth.handle)
     sessions: list[aiohttp.ClientSession] = []

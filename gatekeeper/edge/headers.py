@@ -5,7 +5,7 @@ headers keeps their order and duplicates and drops:
 - the hop-by-hop set and every header named in `Connection` (RFC 9110 §7.6.1);
 - identity headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`, ... and
   Gatekeeper's own `X-Gatekeeper-*`) and URL-override headers
-  (`X-Original-URL`, `X-Rewrite-URL`). Names are compared after lower-casing
+  (`X-Original-URL`, `X-Rewrite-URL`, `X-Original-URI`). Names are compared after lower-casing
   and mapping `_` and `.` to `-`, because CGI, WSGI, PHP and some nginx set-ups
   fold `X_Forwarded_For` and `x.real.ip` into the trusted name;
 - `Content-Length`, `Transfer-Encoding` and `Expect`: the aiohttp server has
@@ -43,15 +43,20 @@ IDENTITY_HEADERS = frozenset({
     "x-client-ip", "x-cluster-client-ip", "fastly-client-ip", "x-original-forwarded-for",
 })
 IDENTITY_PREFIXES = ("x-forwarded-", "x-gatekeeper-")
-# IIS, Symfony and Laminas route on these instead of the request line. Passing
-# them would let the upstream serve a path other than the one the gate decided on.
-URL_OVERRIDE_HEADERS = frozenset({"x-original-url", "x-rewrite-url"})
+# IIS, Symfony and Laminas route on these instead of the request line, and nginx's
+# auth_request set-ups (X-Original-URI) and Traefik (X-Forwarded-Uri, under the
+# x-forwarded- prefix) carry the original target in them. Passing them would let an
+# upstream that reads them serve a path other than the one the gate decided on
+# (Anubis GHSA-6wcg-mqvh-fcvg). The proxy never reads them either.
+URL_OVERRIDE_HEADERS = frozenset({"x-original-url", "x-rewrite-url", "x-original-uri"})
 # Re-framed or answered by Gatekeeper itself.
 _FRAMING = frozenset({"content-length", "expect"})
 # `Connection` may name these, but it has no effect on them. Dropping Host would
 # make the client send the upstream's own name instead. "close" names no header.
 _NOT_NOMINATABLE = frozenset({"host", "close"})
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
+# How aiohttp's parser hands over header bytes that are not UTF-8 (surrogateescape).
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SECRET_WORDS = ("authorization", "cookie", "token", "secret", "key", "session", "password")
 REDACTED = "[redacted]"
@@ -225,6 +230,33 @@ def body_framing(incoming: MultiMapping[str]) -> int | None:
     if "Transfer-Encoding" in incoming:
         raise BadRequest("ambiguous_framing", "both Content-Length and Transfer-Encoding")
     return int(value)
+
+
+def check_header_bytes(incoming: MultiMapping[str]) -> None:
+    """BadRequest("non_utf8_header") when a header value holds bytes that are not
+    UTF-8 (obs-text such as Latin-1). aiohttp's client cannot send those bytes on:
+    its header writer silently drops them, so the upstream would see another value
+    than the one the gate decided on (`GPT\\xffBot` arrives as `GPTBot`)."""
+    for value in incoming.values():
+        if not value.isascii() and _ESCAPED_BYTE.search(value):
+            raise BadRequest("non_utf8_header", "a header value is not UTF-8 text")
+
+
+def check_head_size(request_line: int, raw_headers: Iterable[tuple[bytes, bytes]],
+                    limit: int) -> None:
+    """BadRequest("header_block_too_large", 431) when the request line (`request_line`
+    bytes) and the header fields, counted as sent (`name: value` and CRLF), exceed
+    `limit` bytes. aiohttp's parser bounds each line and the number of fields, not
+    their sum: 100 fields of 8 KiB each would reach an upstream that refuses far less
+    (nginx's default is 32 KiB, Envoy's 60 KiB)."""
+    size = request_line
+    for name, value in raw_headers:
+        if size > limit:
+            break
+        size += len(name) + len(value) + 4
+    if size > limit:
+        raise BadRequest("header_block_too_large",
+                         "the request's header fields are too large together", 431)
 
 
 def request_framing(http10: bool, incoming: MultiMapping[str]) -> int | None:

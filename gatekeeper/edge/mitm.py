@@ -348,7 +348,8 @@ class GatekeeperAddon:
         if expect is not None and expect.lower() != "100-continue":
             raise BadRequest("expectation_failed", "only 100-continue is supported", 417)
         raw_target = request.path
-        target = canonicalize(request.method, raw_target)
+        target = canonicalize(request.method, raw_target,
+                              fold_case=settings.path_case == "insensitive")
         host = check_host(request.host_header)
         facts = RequestFacts(
             method=request.method, host=host, path=target.path, query=target.query,

@@ -19,13 +19,16 @@ forwarded by accident.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType, http_exceptions, web
+from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -34,6 +37,8 @@ from gatekeeper.edge import responses
 from gatekeeper.edge.client_ip import TrustedProxies, client_ip
 from gatekeeper.edge.documents import Documents, Endpoints
 from gatekeeper.edge.headers import (
+    check_head_size,
+    check_header_bytes,
     downstream_response_headers,
     is_websocket_upgrade,
     request_framing,
@@ -41,6 +46,7 @@ from gatekeeper.edge.headers import (
     websocket_protocols,
     websocket_request_headers,
 )
+from gatekeeper.edge.in_flight import InFlightCap
 from gatekeeper.edge.target import BadRequest, canonicalize, check_host
 from gatekeeper.gate import Gate, Outcome
 from gatekeeper.observe import logging as gk_logging
@@ -92,7 +98,12 @@ class _Body:
     upstream's, whatever exception the HTTP client wraps it in."""
 
     received: int = 0
-    fault: str | None = None  # "body_too_large", "client_timeout", "client_disconnect"
+    # "body_too_large", "client_timeout", "client_disconnect", "malformed_body"
+    fault: str | None = None
+
+
+class _SlowClient(Exception):
+    """The client read the response too slowly (send timeout or minimum rate)."""
 
 
 class _BodyTooLarge(Exception):
@@ -108,8 +119,14 @@ _BODY_FAULTS: Final = {
     "body_too_large": 413,
     "client_timeout": 408,
     "client_disconnect": 400,
+    "malformed_body": 400,
 }
+_RETRY_SOON: Final = (("Retry-After", "1"),)
 _UPSTREAM_STATUS: Final = {"refused": 502, "reset": 502, "protocol": 502, "timeout": 504}
+# Control characters other than HTAB: never valid in a field value or a reason
+# phrase (RFC 9110 §5.5, RFC 9112 §4), and refused by aiohttp's header writer.
+_CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL_TEXT: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class Proxy:
@@ -134,8 +151,14 @@ class Proxy:
         self._trusted = trusted
         self._session = session
         self._max_body = settings.max_body_size
+        self._max_head = settings.max_header_block_size
         self._strip_tokens = not settings.forward_license_tokens
+        # An origin that ignores case: decide on, and forward, the lower-cased path.
+        self._fold_case = settings.path_case == "insensitive"
         self._body_timeout = settings.client_body_timeout
+        self._body_min_rate = settings.client_body_min_rate
+        self._send_timeout = settings.client_send_timeout
+        self._per_client = InFlightCap(settings.max_in_flight_per_client, trusted.contains)
         self._handshake_timeout = settings.upstream_connect_timeout + settings.upstream_read_timeout
         self._timeout = aiohttp.ClientTimeout(
             total=None,
@@ -147,10 +170,15 @@ class Proxy:
         )
         self._tunnels: set[asyncio.Future[None]] = set()
         self._draining = False
+        self._shutdown_timeout = settings.shutdown_timeout
+        self._in_flight: set[asyncio.Task[object]] = set()
 
     # -- entry point ---------------------------------------------------------------
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
         try:
             return await self._handle(request)
         except Exception:  # fail closed: a bug answers 500, it never forwards
@@ -162,14 +190,26 @@ class Proxy:
                 raise ConnectionResetError("response aborted") from None
             self._observer.bad_request("internal_error", _peer(request), request.method, 500)
             return self._error(500, "internal_error")
+        finally:
+            if task is not None:
+                self._in_flight.discard(task)
 
     async def shutdown(self) -> None:
-        """Draining: later answers close their connection, and open WebSocket
-        tunnels are closed with 1001 (going away)."""
+        """Draining: later answers close their connection, open WebSocket tunnels
+        are closed with 1001 (going away), and requests still in flight after
+        `shutdown_timeout` are cancelled."""
         self._draining = True
         for stop in list(self._tunnels):
             if not stop.done():
                 stop.set_result(None)
+        # aiohttp waits `shutdown_timeout` for handlers, then only asks them to
+        # stop and waits that long again before cancelling: an exit after twice
+        # the configured time, past a supervisor's grace period. Cut them here.
+        asyncio.get_running_loop().call_later(self._shutdown_timeout, self._cut_in_flight)
+
+    def _cut_in_flight(self) -> None:
+        for task in list(self._in_flight):
+            task.cancel()
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -203,9 +243,19 @@ class Proxy:
             # request: closing is cheaper and cannot be misread.
             close = self._draining or not request.content.is_eof()
             return responses.to_response(responses.decision_answer(decision), close=close)
-        if upgrade:
-            return await self._websocket(request, facts, outcome, address.chain, started)
-        return await self._forward(request, facts, outcome, address.chain, declared, started)
+        client = facts.client_ip
+        if not self._per_client.admit(client):
+            self._observer.bad_request("too_many_in_flight", client, request.method, 429)
+            return responses.to_response(
+                responses.error_answer(429, "too_many_in_flight", _RETRY_SOON),
+                close=self._draining or not request.content.is_eof())
+        try:
+            if upgrade:
+                return await self._websocket(request, facts, outcome, address.chain, started)
+            return await self._forward(request, facts, outcome, address.chain, declared,
+                                       started)
+        finally:
+            self._per_client.release(client)
 
     async def _document(self, request: web.BaseRequest, facts: RequestFacts, kind: str,
                         started: float) -> web.StreamResponse:
@@ -231,13 +281,17 @@ class Proxy:
         headers = request.headers
         if request.version < _HTTP10:
             raise BadRequest("http09", "HTTP/0.9 is not supported")
+        # "METHOD target HTTP/1.1" and its CRLF
+        check_head_size(len(request.method) + len(request.raw_path) + 12, request.raw_headers,
+                        self._max_head)
         declared = request_framing(request.version < _HTTP11, headers)
+        check_header_bytes(headers)
         if declared is not None and declared > self._max_body:
             raise BadRequest("body_too_large", "request body is larger than allowed", 413)
         expect = headers.get("Expect")
         if expect is not None and expect.lower() != "100-continue":
             raise BadRequest("expectation_failed", "only 100-continue is supported", 417)
-        target = canonicalize(request.method, request.raw_path)
+        target = canonicalize(request.method, request.raw_path, fold_case=self._fold_case)
         host = check_host(headers.get("Host"))
         upgrade = is_websocket_upgrade(headers)
         if upgrade and not web.WebSocketResponse().can_prepare(request).ok:
@@ -289,6 +343,11 @@ class Proxy:
                 if upstream.status == 101:
                     upstream.close()
                     raise _ProtocolViolation("101 without an upgrade request")
+                if any(_CONTROL.search(value) for _, value in upstream.raw_headers):
+                    # An invalid field value (RFC 9110 §5.5): aiohttp's writer would
+                    # refuse to relay it, and the client would get a 500, not a 502.
+                    upstream.close()
+                    raise _ProtocolViolation("control character in a response header")
             except Exception as exc:
                 error = _failure(exc, body)
                 status = _BODY_FAULTS.get(error) or _UPSTREAM_STATUS[error]
@@ -298,8 +357,14 @@ class Proxy:
             try:
                 stated: tuple[tuple[str, str], ...] = ()
                 if self._documents is not None and request.method in ("GET", "HEAD"):
-                    stated = self._documents.response_headers(
-                        facts.host, facts.path, request.scheme, _authority(request, facts.host))
+                    authority = _authority(request, facts.host)
+                    found = self._documents.ready_headers(
+                        facts.host, facts.path, request.scheme, authority)
+                    if found is None:
+                        await self._documents.build_plan(facts.host)
+                        found = self._documents.response_headers(
+                            facts.host, facts.path, request.scheme, authority)
+                    stated = found
                 resp, sent, error = await self._relay(
                     request, upstream, outcome.decision.response_headers, stated)
             finally:
@@ -334,12 +399,17 @@ class Proxy:
             await request.writer.write(_CONTINUE)
             request.writer.output_size = 0  # an interim answer is not the response
         content, limit, idle = request.content, self._max_body, self._body_timeout
+        min_rate, started = self._body_min_rate, time.monotonic()
         while True:
             try:
                 async with asyncio.timeout(idle):
                     chunk = await content.readany()
             except TimeoutError:
                 body.fault = "client_timeout"
+                raise
+            except http_exceptions.HttpProcessingError:
+                # The body's framing broke (a bad chunk): see _GateProtocol.data_received.
+                body.fault = "malformed_body"
                 raise
             except Exception:
                 body.fault = "client_disconnect"
@@ -350,6 +420,13 @@ class Proxy:
             if body.received > limit:
                 body.fault = "body_too_large"
                 raise _BodyTooLarge
+            # A client trickling a few bytes just inside the idle timeout would hold
+            # its connection (and an upstream one) for ever: after the idle
+            # timeout's worth of grace, the body must average at least min_rate.
+            elapsed = time.monotonic() - started
+            if min_rate and elapsed > idle and body.received < min_rate * elapsed:
+                body.fault = "client_timeout"
+                raise TimeoutError
             yield chunk
 
     async def _relay(
@@ -384,10 +461,10 @@ class Proxy:
             # nothing there yet, the empty write sends the head alone at once.
             chunk = content.read_nowait(_CHUNK)
             while not content.at_eof():
-                await resp.write(chunk)
+                await self._deliver(request, resp, chunk)
                 sent += len(chunk)
                 chunk = await content.read(_CHUNK)
-            await resp.write_eof(chunk)
+            await self._deliver(request, resp, chunk, last=True)
             sent += len(chunk)
         except BaseException as exc:
             # The head is gone already: the only honest signal left is to cut the
@@ -397,6 +474,26 @@ class Proxy:
                 raise
             return resp, sent, _mid_body_failure(exc)
         return resp, sent, None
+
+    async def _deliver(self, request: web.BaseRequest, resp: web.StreamResponse, chunk: bytes,
+                       *, last: bool = False) -> None:
+        """One write of the response. A client that keeps up pays nothing more; one
+        whose socket still holds the last write must take this one within the send
+        timeout (a slow reader holds an upstream connection for as long as it reads).
+        A write waits until the buffer falls back under its low-water mark, so this
+        also cuts a client reading a few bytes at a time: under about 1 KB/s at the
+        default timeout."""
+        transport = request.transport
+        if transport is not None and transport.get_write_buffer_size():
+            try:
+                async with asyncio.timeout(self._send_timeout):
+                    await (resp.write_eof(chunk) if last else resp.write(chunk))
+            except TimeoutError:
+                raise _SlowClient from None
+        elif last:
+            await resp.write_eof(chunk)
+        else:
+            await resp.write(chunk)
 
     # -- WebSocket --------------------------------------------------------------------
 
@@ -412,6 +509,13 @@ class Proxy:
         try:
             try:
                 upstream = await self._ws_connect(request, facts, chain)
+            except aiohttp.WSServerHandshakeError as exc:
+                refusal = self._refusal(exc)
+                if refusal is None:
+                    error, status = "protocol", 502
+                    return self._error(status, error)
+                status = refusal.status
+                return refusal
             except Exception as exc:
                 error = _failure(exc, None)
                 status = _UPSTREAM_STATUS[error]
@@ -427,6 +531,25 @@ class Proxy:
             self._observer.observe(Observation(
                 facts, outcome, status, 0, time.perf_counter() - started, None, error,
             ))
+
+    def _refusal(self, exc: aiohttp.WSServerHandshakeError) -> web.StreamResponse | None:
+        """The upstream's refusal of an upgrade (a 3xx, 4xx or 5xx: 401, 403, 426 with
+        its Sec-WebSocket-Version, a redirect), relayed with its status and headers
+        instead of a 502: it is the origin's answer, not a fault. The body is not
+        relayed: aiohttp's WebSocket client closes the connection without reading it.
+        The client's connection stays in HTTP mode, so whatever it sends next is
+        decided like any request. None for anything else that is not a valid 101 (a
+        2xx whose body cannot be relayed, a 101 without the right accept key)."""
+        if exc.status < 300 or exc.headers is None:
+            return None
+        headers = downstream_response_headers(exc.headers)
+        for name in ("Content-Length", "Content-Type", "Content-Encoding", "Content-Range"):
+            headers.popall(name, None)  # they describe the body that is not relayed
+        resp = RelayedResponse(status=exc.status, headers=headers)
+        resp.content_length = 0
+        if self._draining:
+            resp.force_close()
+        return resp
 
     async def _ws_connect(
         self, request: web.BaseRequest, facts: RequestFacts, chain: tuple[str, ...]
@@ -474,7 +597,17 @@ class Proxy:
         if not upstream.closed:
             await upstream.close(code=code)
         if not client.closed:
-            await client.close(code=code)
+            if stop.done():
+                # Draining: aiohttp's server drops whatever arrives on its
+                # connections once shutdown has begun, so the client's reply to
+                # this close frame can never be read. Send the frame (written
+                # before close() first waits) and hang up, rather than wait out
+                # the close timeout and hold up the exit.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0):
+                        await client.close(code=code)
+            else:
+                await client.close(code=code)
         return client
 
 
@@ -499,6 +632,24 @@ class RelayedResponse(web.StreamResponse):
             headers.popall("Content-Type", None)
         if not had_server:
             headers.popall("Server", None)
+
+    async def _write_headers(self) -> None:
+        await super()._write_headers()
+        # Header bytes that are not UTF-8 (obs-text, RFC 9110 §5.5: a Latin-1
+        # filename, say) reach us as lone surrogates (surrogateescape), and
+        # aiohttp's head writer silently drops those: "caf\xe9" would reach the
+        # client as "caf". Such a head is written again here with the bytes put
+        # back as they came. It is still held back (see above), so nothing of
+        # the first version has gone out.
+        writer = self._payload_writer
+        if all(value.isascii() for value in self._headers.values()) \
+                or not isinstance(writer, StreamWriter) or writer._headers_buf is None:
+            return
+        status_line = writer._headers_buf.partition(b"\r\n")[0]
+        fields = "".join(f"{name}: {value}\r\n" for name, value in self._headers.items())
+        writer._headers_buf = (
+            status_line + b"\r\n" + fields.encode("utf-8", "surrogateescape") + b"\r\n"
+        )
 
 
 async def _pump(
@@ -538,9 +689,11 @@ def _relayed_code(pumps: tuple[asyncio.Future[int], ...]) -> int:
 def _safe_reason(reason: str | None) -> str | None:
     if reason is None:
         return None
-    # aiohttp refuses CR and LF in a reason; a header block must not be split
-    # by an upstream either way. The standard phrase is used instead.
-    if "\r" in reason or "\n" in reason or "\x00" in reason:
+    # A reason phrase is HTAB, SP, visible characters and obs-text (RFC 9112 §4).
+    # aiohttp's writer refuses any other control character (the request would
+    # end in a 500), and a header block must not be split by an upstream either
+    # way: the standard phrase is used instead.
+    if _CONTROL_TEXT.search(reason):
         return None
     return reason
 
@@ -566,6 +719,8 @@ def _failure(exc: BaseException, body: _Body | None) -> str:
 def _mid_body_failure(exc: Exception) -> str:
     if isinstance(exc, ConnectionResetError):  # writing to the client failed
         return "client_disconnect"
+    if isinstance(exc, _SlowClient):
+        return "client_timeout"
     return "timeout" if isinstance(exc, TimeoutError) else "reset"
 
 

@@ -21,11 +21,11 @@ import inspect
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import aiohttp
 from aiohttp import http_exceptions, http_parser, web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from gatekeeper.edge import responses
 from gatekeeper.edge.client_ip import TrustedProxies
@@ -37,12 +37,17 @@ from gatekeeper.observe import logging as gk_logging
 from gatekeeper.observe.record import Observer
 from gatekeeper.settings import Settings, split_hostport
 
+if TYPE_CHECKING:
+    from aiohttp.client_reqrep import ConnectionKey
+    from aiohttp.tracing import Trace
+
 T = TypeVar("T")
 
 # Kept for applications that hold the session themselves; the proxy listener
 # does not use it.
 UPSTREAM_KEEPALIVE: Final = 30.0  # seconds an idle pooled upstream connection is kept
 DNS_CACHE_TTL: Final = 60  # seconds
+LINGERING_TIME: Final = 2.0  # seconds spent draining a body the gate will not forward
 
 _log = gk_logging.get_logger("gatekeeper.server")
 
@@ -59,9 +64,30 @@ def require_c_parser() -> None:
         )
 
 
+class _UpstreamConnector(aiohttp.TCPConnector):
+    """The upstream pool, minus connections the upstream spoke on while idle.
+
+    An HTTP/1.1 server only ever answers a request. Bytes that arrive on a pooled
+    connection between requests are an unsolicited response (a desynchronised or
+    hostile upstream); aiohttp parses them and hands them to the next request that
+    reuses the connection, which may be another client's. aiohttp checks a pooled
+    connection only for being open, so the check for such a response is made
+    here, and the connection closed instead of reused.
+    """
+
+    async def _get(
+        self, key: ConnectionKey, traces: list[Trace]
+    ) -> aiohttp.connector.Connection | None:
+        while True:
+            conn = await super()._get(key, traces)
+            if conn is None or conn.protocol is None or not conn.protocol.should_close:
+                return conn
+            conn.close()
+
+
 def new_session(settings: Settings) -> aiohttp.ClientSession:
     """The one upstream client: a bounded keep-alive pool that adds nothing of its own."""
-    connector = aiohttp.TCPConnector(
+    connector = _UpstreamConnector(
         limit=settings.upstream_pool_size, limit_per_host=0, use_dns_cache=True,
         ttl_dns_cache=DNS_CACHE_TTL, keepalive_timeout=UPSTREAM_KEEPALIVE,
     )
@@ -92,6 +118,10 @@ def handler_options(settings: Settings) -> dict[str, Any]:
         "max_field_size": settings.max_header_size,
         "max_headers": settings.max_headers,
         "access_log": None,  # the observer writes the one line per request
+        # After an early answer (408, 413) aiohttp reads what is left of the body so
+        # the client gets the answer and not a reset; its default of 10 s lets a
+        # client trickling its body hold the connection on well past the timeout.
+        "lingering_time": LINGERING_TIME,
     }
     accepted = inspect.signature(RequestHandler.__init__).parameters
     unknown = sorted(set(options) - set(accepted))
@@ -115,13 +145,57 @@ def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
 
 
 class _GateProtocol(RequestHandler):
-    """aiohttp's connection handler, with the gate's answer for unparseable requests."""
+    """aiohttp's connection handler, with the gate's answer for unparseable requests
+    and a count of request heads cut off at the header timeout."""
 
-    __slots__ = ("_gk_observer",)
+    __slots__ = ("_gk_observer", "_gk_partial_head", "_gk_peer")
 
     def __init__(self, manager: web.Server, *, observer: Observer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._gk_observer = observer
+        self._gk_peer: str | None = None
+        # Bytes of a request head arrived while the connection waited for one, and
+        # the head is not complete yet.
+        self._gk_partial_head = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self._gk_peer = str(peer[0]) if peer else ""
+
+    def data_received(self, data: bytes) -> None:
+        queued = len(self._messages)
+        super().data_received(data)
+        if len(self._messages) == queued:
+            # Part of a request head, while the connection waits for one: counted if
+            # the header timeout cuts it off (`_process_keepalive`).
+            if data and self._waiter is not None:
+                self._gk_partial_head = True
+            return
+        self._gk_partial_head = False
+        # A parse error in a body being streamed (a malformed chunk) is queued by
+        # aiohttp as if it were the next request, and the body is left waiting for
+        # bytes that will never be parsed: the upstream request would hang, half
+        # sent, until the body timeout. The error goes to the body instead, so the
+        # proxy aborts the upstream request at once, never completed, and answers 400.
+        request = self._current_request
+        if request is None:
+            return
+        message = self._messages[-1][0]
+        if isinstance(message, _ErrInfo) and not request.content.is_eof():
+            request.content.set_exception(message.exc)
+            request.content.feed_eof()  # and nothing is left to drain after the answer
+
+    def _process_keepalive(self) -> None:
+        # aiohttp's keep-alive timer is also the deadline for a request head (see
+        # handler_options); it closes a slowloris connection silently. A connection
+        # closed with part of a head received is counted and logged as a refused
+        # request (status 0: nothing is answered); an idle keep-alive one is not.
+        partial = self._gk_partial_head and not self._force_close
+        super()._process_keepalive()
+        if partial and self._force_close:
+            self._gk_partial_head = False
+            self._gk_observer.bad_request("header_timeout", self._gk_peer or "", "-", 0)
 
     def handle_error(
         self,

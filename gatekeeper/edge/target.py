@@ -12,7 +12,9 @@ refused, not guessed at. Contract of `canonicalize(method, raw_target)`:
   reason: raw `\\`, `#`, NUL, control characters, space, non-ASCII, a
   malformed `%` escape, an escape that decodes to `/`, `\\` or a control
   character, a `%25` escape that would decode a second time to `/`, `\\`, `.`
-  or NUL, and a dot segment with `;` parameters (`..;`).
+  or NUL, escapes whose bytes are not valid UTF-8 (`%FF`, or the overlong
+  `%C0%AE` that old decoders read as `.`), and a dot segment with `;`
+  parameters (`..;`).
 - Escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded. Every
   other escape keeps its byte, with the hex upper-cased. Printable characters
   outside RFC 3986 pchar (`"<>[]^`{|}`) are percent-encoded. Runs of `/` are
@@ -21,6 +23,11 @@ refused, not guessed at. Contract of `canonicalize(method, raw_target)`:
   The canonical path therefore holds only pchar, `/` and upper-case `%XX`.
 - The query is everything after the first `?`, kept byte for byte. It may
   not contain NUL, control characters, space, `#` or non-ASCII.
+
+With `fold_case` (the `path_case: insensitive` setting, for origins that ignore
+case), the canonical path's letters outside `%XX` escapes are then lower-cased,
+so the decision and the forwarded request see one spelling of the path (and
+policy globs must be written in lower case). Escaped bytes keep their case.
 
 The result is idempotent: `canonicalize(m, t.path + q)` gives back the same
 path. It also holds no `//`, no `.` or `..` segment, and no escape a decoder
@@ -36,6 +43,7 @@ import ipaddress
 import re
 import string
 from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
 
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 _HEX = frozenset(string.hexdigits)
@@ -77,8 +85,9 @@ class Target:
     query: str  # raw, without "?"; "" when absent
 
 
-def canonicalize(method: str, raw_target: str) -> Target:
-    """The canonical form of an origin-form request target; BadRequest otherwise."""
+def canonicalize(method: str, raw_target: str, *, fold_case: bool = False) -> Target:
+    """The canonical form of an origin-form request target; BadRequest otherwise.
+    `fold_case`: lower-case the path's letters outside escapes (see the module docstring)."""
     if method.upper() == "CONNECT":
         raise BadRequest("connect", "CONNECT is not proxied")
     if not raw_target.startswith("/"):
@@ -88,9 +97,19 @@ def canonicalize(method: str, raw_target: str) -> Target:
         raise _bad_char(query, "query")
     # Fast path, which most requests take: nothing to decode, encode or resolve.
     plain = "%" not in path and "/." not in path and "//" not in path
-    if plain and _CANONICAL_CHARS.fullmatch(path):
-        return Target(path, query)
-    return Target(_canonical_path(path), query)
+    if not (plain and _CANONICAL_CHARS.fullmatch(path)):
+        path = _canonical_path(path)
+    if fold_case:
+        path = _lower_outside_escapes(path)
+    return Target(path, query)
+
+
+def _lower_outside_escapes(path: str) -> str:
+    # A canonical path's escapes are exactly "%" and two upper-case hex digits.
+    if "%" not in path:
+        return path.lower()
+    head, *rest = path.split("%")
+    return head.lower() + "".join("%" + piece[:2] + piece[2:].lower() for piece in rest)
 
 
 def _not_origin_form(raw_target: str) -> BadRequest:
@@ -135,7 +154,16 @@ def _normalise_escapes(path: str) -> str:
         char = chr(value)
         out.append(char if char in _UNRESERVED else "%" + pair.upper())
         out.append(piece[2:])
-    return "".join(out)
+    normalised = "".join(out)
+    if any(pair[0] in "89abcdefABCDEF" for pair in pieces[1:]):
+        # Escaped bytes above 0x7F must spell UTF-8. Origins decode other bytes
+        # their own way (dropped, replaced, read as Latin-1, overlong forms such
+        # as %C0%AE taken for "."), so the path they act on is not the one decided on.
+        try:
+            unquote_to_bytes(normalised).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("invalid_utf8", "escaped bytes in the path are not UTF-8") from None
+    return normalised
 
 
 def _percent_encode(match: re.Match[str]) -> str:

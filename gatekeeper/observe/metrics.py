@@ -78,8 +78,15 @@ REASON_LABELS: Final = tuple(r.value for r in Reason)
 UPSTREAM_ERROR_KINDS: Final = ("refused", "reset", "timeout", "protocol")
 # Failures the edge reports while forwarding that are the client's doing, not the
 # upstream's: they show in the status codes, not as upstream errors.
-CLIENT_FAULTS: Final = frozenset({"body_too_large", "client_timeout", "client_disconnect"})
+CLIENT_FAULTS: Final = frozenset({
+    "body_too_large", "client_timeout", "client_disconnect", "malformed_body",
+})
 STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
+# Who answered: the gate itself (a decision, an error of its own, a failed
+# upstream), or the upstream, whose status was relayed. An origin's 5xx is then
+# not mistaken for the gate's.
+RESPONSE_SOURCES: Final = ("gate", "upstream")
+_CLASSES: Final = len(STATUS_CLASSES) + 1  # and "other"
 RELOAD_RESULTS: Final = ("success", "failure")
 
 # From a cache hit (0.5 ms) to a slow origin (30 s): the gate's own share is in
@@ -217,7 +224,7 @@ class Metrics:
         # registered licensees (set by the wiring); anything else is "other".
         self.licenses: frozenset[str] = frozenset()
         self.licensees: frozenset[str] = frozenset()
-        self._status_counts = [0] * (len(STATUS_CLASSES) + 1)
+        self._status_counts = [0] * (_CLASSES * len(RESPONSE_SOURCES))
         # Registered before every metric, so a collection flushes before it reads them.
         registry.register(_FlushFirst(self))  # type: ignore[arg-type]
         self._build(registry)
@@ -238,8 +245,10 @@ class Metrics:
         )
         self.responses = Counter(
             "gatekeeper_responses_total",
-            "Responses sent to clients for decided requests, by status class.",
-            ["code"], registry=registry,
+            "Responses sent to clients for decided requests, by status class and source "
+            "(gate: the gate's own answer, including its 502 and 504; upstream: the "
+            "upstream's status, relayed).",
+            ["code", "source"], registry=registry,
         )
         self.request_duration = Histogram(
             "gatekeeper_request_duration_seconds",
@@ -254,6 +263,13 @@ class Metrics:
         self.upstream_errors = Counter(
             "gatekeeper_upstream_errors_total",
             "Forwarded requests the upstream failed, by kind.", ["kind"], registry=registry,
+        )
+        self.client_faults = Counter(
+            "gatekeeper_client_faults_total",
+            "Requests the client's side cut short: a body over the limit, a client too "
+            "slow (a timeout, or below the minimum rate), one that hung up, or a body "
+            "whose chunked framing broke, by fault.",
+            ["fault"], registry=registry,
         )
         self.rate_limited = Counter(
             "gatekeeper_rate_limited_total", "Requests answered 429 by a rate limit.",
@@ -403,10 +419,13 @@ class Metrics:
         self.build_info.labels(__version__).set(1)
         for action in ACTIONS:
             self.request_duration.labels(action)
-        self._status = [self.responses.labels(code) for code in (*STATUS_CLASSES, OTHER)]
+        # Indexed by source * _CLASSES + class (see `request`).
+        self._status = [self.responses.labels(code, source) for source in RESPONSE_SOURCES
+                        for code in (*STATUS_CLASSES, OTHER)]
         self._upstream_pending = _PendingHistogram(self.upstream_duration)
         self._upstream_errors = {k: self.upstream_errors.labels(k) for k in UPSTREAM_ERROR_KINDS}
         self._upstream_error_other = self.upstream_errors.labels(OTHER)
+        self._client_faults = {k: self.client_faults.labels(k) for k in sorted(CLIENT_FAULTS)}
         self._reloads = {r: self.policy_reloads.labels(r) for r in RELOAD_RESULTS}
         self._store_fallback = self.store_fallbacks.labels(self.store)
         self.rule_matches.labels(DEFAULT_RULE, "allow")
@@ -496,9 +515,11 @@ class Metrics:
             series.dirty = True
             self._dirty.append(series)
         index = status // 100 - 1
-        self._status_counts[index if 0 <= index < 5 else 5] += 1
-        if upstream is not None:
+        index = index if 0 <= index < 5 else 5
+        if upstream is not None:  # the status is the upstream's
+            index += _CLASSES
             self._upstream_pending.observe(upstream)
+        self._status_counts[index] += 1
 
     def flush(self) -> None:
         """Move the pending request numbers into the exported metrics."""
@@ -514,11 +535,14 @@ class Metrics:
         self._upstream_pending.flush()
 
     def status(self, code: int) -> None:
+        """A response of the gate's own."""
         index = code // 100 - 1
         self._status[index if 0 <= index < 5 else 5].inc()
 
     def upstream_error(self, kind: str) -> None:
-        if kind in CLIENT_FAULTS:
+        fault = self._client_faults.get(kind)
+        if fault is not None:
+            fault.inc()
             return
         self._upstream_errors.get(kind, self._upstream_error_other).inc()
 

@@ -117,6 +117,46 @@ async def test_client_stalling_its_body_gets_408(
     assert status_of(response) == 408
 
 
+async def test_client_trickling_its_body_below_the_minimum_rate_gets_408(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    # Each byte comes well inside the idle timeout; the average rate is what fails.
+    gk = await start_gatekeeper(upstream.url, client_body_timeout=0.3,
+                                client_body_min_rate=100)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gk.port)
+    writer.write(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n")
+    started = asyncio.get_running_loop().time()
+
+    async def trickle() -> None:
+        for _ in range(100):
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    sender = asyncio.create_task(trickle())
+    async with asyncio.timeout(5):
+        response = await reader.read(4096)
+    sender.cancel()
+    writer.close()
+    assert status_of(response) == 408
+    assert asyncio.get_running_loop().time() - started < 3
+    assert not any(s.body_len == 100 for s in upstream.seen)
+
+
+async def test_client_that_stops_reading_a_large_response_is_cut_at_the_send_timeout(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url, client_send_timeout=0.5)
+    _, writer = await asyncio.open_connection("127.0.0.1", gk.port)
+    writer.write(b"GET /big?mib=64 HTTP/1.1\r\nHost: h\r\nUser-Agent: curl/8\r\n\r\n")
+    await writer.drain()
+    # Reads nothing: the kernel's buffers fill, then the gate's, then it gives up.
+    await wait_until(lambda: len(gk.observer.observed) == 1, timeout=10)
+    assert gk.observer.observed[0].upstream_error == "client_timeout"
+    assert gk.observer.observed[0].bytes_sent < 64 * MiB
+    writer.close()
+
+
 async def test_websocket_upgrade_is_relayed_both_ways(
     upstream: Upstream, start_gatekeeper: StartGate
 ) -> None:

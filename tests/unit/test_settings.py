@@ -32,7 +32,8 @@ def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
      ({"max_body_size": "lots"}, "max_body_size: cannot use 'lots'"),
      ({"trusted_proxies": ["10.0.0.0/33"]}, "not an IP network"),
      ({"listen": "8080"}, "must be HOST:PORT"),
-     ({"upstream": "ftp://x"}, "must start with http:// or https://")],
+     ({"upstream": "ftp://x"}, "must start with http:// or https://"),
+     ({"path_case": "lower"}, "path_case: 'lower' is not one of sensitive, insensitive")],
 )
 def test_bad_settings_are_clear_errors(values: dict[str, object], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
@@ -44,3 +45,9 @@ def test_settings_file_must_be_a_mapping(tmp_path: Path) -> None:
     config.write_text("- a\n- b\n")
     with pytest.raises(SettingsError, match="mapping"):
         resolve(str(config), {}, {})
+
+
+def test_path_case_is_sensitive_unless_set() -> None:
+    assert Settings().path_case == "sensitive"
+    env = {"GATEKEEPER_PATH_CASE": "insensitive"}
+    assert resolve(None, {}, env).path_case == "insensitive"

@@ -9,6 +9,8 @@ from gatekeeper.edge.headers import (
     HOP_BY_HOP,
     IDENTITY_HEADERS,
     body_framing,
+    check_head_size,
+    check_header_bytes,
     downstream_response_headers,
     forwarded_element,
     is_identity_header,
@@ -100,10 +102,24 @@ def test_client_supplied_identity_header_is_dropped_in_every_spelling(name: str)
     assert "66.249.66.1" not in out.values()
 
 
-@pytest.mark.parametrize("name", ["X-Original-URL", "X-Rewrite-URL", "x_original_url"])
+@pytest.mark.parametrize("name", ["X-Original-URL", "X-Rewrite-URL", "x_original_url",
+                                  "X-Original-URI", "X-Forwarded-Uri"])
 def test_url_override_header_is_dropped(name: str) -> None:
     out = up((name, "/premium"), ("Accept", "*/*"))
     assert client_part(out) == [("Accept", "*/*")]
+
+
+@pytest.mark.parametrize("raw", [b"GPT\xffBot", b"caf\xe9", b"\x80", b"ok \xc3"])
+def test_a_header_value_that_is_not_utf8_is_refused(raw: bytes) -> None:
+    # aiohttp's parser passes such bytes as surrogate escapes; its writer would drop them.
+    value = raw.decode("utf-8", "surrogateescape")
+    with pytest.raises(BadRequest) as err:
+        check_header_bytes(proxy(("Accept", "*/*"), ("User-Agent", value)))
+    assert err.value.reason == "non_utf8_header"
+
+
+def test_utf8_and_ascii_header_values_pass() -> None:
+    check_header_bytes(proxy(("User-Agent", "GPT\u200bBot"), ("X-Name", "café"), ("A", "")))
 
 
 @pytest.mark.parametrize(
@@ -242,6 +258,17 @@ def test_body_framing_refuses_a_length_it_cannot_trust(pairs: list[tuple[str, st
     with pytest.raises(BadRequest) as err:
         body_framing(proxy(*pairs))
     assert err.value.reason == "ambiguous_framing"
+
+
+
+def test_head_size_counts_the_request_line_and_every_field_as_sent() -> None:
+    fields = [(b"X-Kib", b"v" * 1024)] * 31  # 1033 bytes each with ": " and CRLF
+    check_head_size(20, fields, 20 + 31 * 1033)  # exactly at the limit: accepted
+    with pytest.raises(BadRequest) as err:
+        check_head_size(21, fields, 20 + 31 * 1033)
+    assert (err.value.reason, err.value.status) == ("header_block_too_large", 431)
+    with pytest.raises(BadRequest):
+        check_head_size(32 * 1024 + 1, [], 32 * 1024)  # the request line alone
 
 
 # Towards the client.

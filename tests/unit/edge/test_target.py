@@ -144,6 +144,36 @@ def test_spelling_an_unreserved_character_as_an_escape_does_not_change_the_path(
     assert canonicalize("GET", respelled).path == path
 
 
+@pytest.mark.parametrize(
+    ("raw", "path", "query"),
+    [
+        ("/PREMIUM/X", "/premium/x", ""),
+        ("/Premium/../ARTICLES/A%41", "/articles/aa", ""),
+        ("/%50remium", "/premium", ""),
+        ("/Caf%C3%89/x", "/caf%C3%89/x", ""),  # escaped bytes keep their case
+        ("/a%7cB", "/a%7Cb", ""),
+        ("/Q?Next=/PREMIUM", "/q", "Next=/PREMIUM"),  # the query is never folded
+    ],
+)
+def test_folding_case_lowers_the_path_outside_escapes(raw: str, path: str, query: str) -> None:
+    assert canonicalize("GET", raw, fold_case=True) == Target(path, query)
+
+
+def test_paths_keep_their_case_by_default() -> None:
+    assert canonicalize("GET", "/PREMIUM/X").path == "/PREMIUM/X"
+
+
+@given(_RAW_PATHS)
+def test_a_case_folded_path_is_canonical_and_a_fixed_point(raw: str) -> None:
+    try:
+        path = canonicalize("GET", raw, fold_case=True).path
+    except BadRequest:
+        return
+    assert canonicalize("GET", path, fold_case=True).path == path
+    assert path == canonicalize("GET", raw).path.lower() or "%" in path
+    assert not re.search(r"[A-Z]", re.sub("%..", "", path))
+
+
 @given(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E)
                .filter(lambda ch: ch != "#"), max_size=30))
 def test_printable_query_is_kept_byte_for_byte(query: str) -> None:

@@ -61,7 +61,7 @@ def _families(registry: CollectorRegistry) -> dict[str, str]:
 def test_every_gatekeeper_metric_follows_prometheus_naming(registry: CollectorRegistry) -> None:
     Metrics(registry, [])
     families = {n: t for n, t in _families(registry).items() if n.startswith("gatekeeper_")}
-    assert len(families) == 31
+    assert len(families) == 32
     samples = generate_latest(registry).decode()
     for name, kind in families.items():
         assert re.fullmatch(r"gatekeeper_[a-z_]+", name), name
@@ -189,7 +189,8 @@ def test_pre_initialised_series_exist_at_zero(registry: CollectorRegistry) -> No
     for kind in (*UPSTREAM_ERROR_KINDS, "other"):
         assert value("gatekeeper_upstream_errors_total", {"kind": kind}) == 0
     for code in STATUS_CLASSES:
-        assert value("gatekeeper_responses_total", {"code": code}) == 0
+        for source in ("gate", "upstream"):
+            assert value("gatekeeper_responses_total", {"code": code, "source": source}) == 0
     for result in ("success", "failure"):
         assert value("gatekeeper_policy_reloads_total", {"result": result}) == 0
     assert value("gatekeeper_store_fallbacks_total", {"store": "redis"}) == 0
@@ -206,7 +207,8 @@ def test_status_codes_are_counted_by_class(
     metrics: Metrics, registry: CollectorRegistry, status: int, code: str
 ) -> None:
     metrics.status(status)
-    assert registry.get_sample_value("gatekeeper_responses_total", {"code": code}) == 1
+    assert registry.get_sample_value("gatekeeper_responses_total",
+                                     {"code": code, "source": "gate"}) == 1
 
 
 def test_upstream_errors_are_bounded_and_exclude_client_faults(
@@ -335,7 +337,9 @@ def test_batched_request_numbers_export_exactly_what_direct_observation_would(
     assert registry.get_sample_value("gatekeeper_upstream_duration_seconds_count") == len(values)
     assert registry.get_sample_value("gatekeeper_response_bytes_total",
                                      {"crawler": "GPTBot"}) == 10 * len(values)
-    assert registry.get_sample_value("gatekeeper_responses_total", {"code": "2xx"}) == len(values)
+    # With an upstream duration, the status was the upstream's.
+    assert registry.get_sample_value("gatekeeper_responses_total",
+                                     {"code": "2xx", "source": "upstream"}) == len(values)
 
 
 def test_a_collection_from_another_thread_does_not_flush(registry: CollectorRegistry) -> None:

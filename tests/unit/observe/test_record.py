@@ -89,7 +89,7 @@ def test_observe_counts_by_crawler_purpose_identity_action_and_reason(rig: Rig) 
                      identity="unverified", action="block", reason="blocked") == 1
     assert rig.value("gatekeeper_rule_matches_total", rule="no-training", action="block") == 1
     assert rig.value("gatekeeper_request_duration_seconds_count", action="block") == 1
-    assert rig.value("gatekeeper_responses_total", code="4xx") == 1
+    assert rig.value("gatekeeper_responses_total", code="4xx", source="gate") == 1
     assert rig.value("gatekeeper_response_bytes_total", crawler="GPTBot") == 10
     assert rig.value("gatekeeper_upstream_duration_seconds_count") == 0
 
@@ -122,7 +122,7 @@ def test_rate_limited_requests_are_counted_per_crawler(rig: Rig) -> None:
 def test_upstream_errors_are_counted_by_kind(rig: Rig) -> None:
     rig.recorder.observe(observation(UNKNOWN, ALLOW, status=502, upstream=None, error="refused"))
     assert rig.value("gatekeeper_upstream_errors_total", kind="refused") == 1
-    assert rig.value("gatekeeper_responses_total", code="5xx") == 1
+    assert rig.value("gatekeeper_responses_total", code="5xx", source="gate") == 1
     (line,) = rig.lines()
     assert line["upstream_error"] == "refused"
     assert line["upstream_ms"] is None

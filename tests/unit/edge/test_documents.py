@@ -1,0 +1,51 @@
+"""Declarations plans are built off the event loop, once per policy."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gatekeeper.catalog_loader import load_catalog
+from gatekeeper.core.model import Policy
+from gatekeeper.edge.documents import Documents
+from gatekeeper.policy.loader import load_default_policy
+from gatekeeper.vocabulary_loader import load_vocabularies
+
+CATALOG = load_catalog()
+
+
+def _documents(policy: list[Policy], built: list[int]) -> Documents:
+    return Documents(lambda: policy[0], lambda: None, "/token", crawlers=CATALOG,
+                     vocab=load_vocabularies(), on_new_plan=lambda: built.append(1))
+
+
+async def test_a_plan_is_built_once_in_a_thread_while_the_loop_keeps_running() -> None:
+    built: list[int] = []
+    documents = _documents([load_default_policy(CATALOG)], built)
+    assert documents.ready_headers("example.com", "/a", "https") is None
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    running = asyncio.create_task(ticker())
+    await asyncio.gather(*(documents.build_plan("example.com") for _ in range(5)))
+    running.cancel()
+    assert built == [1]  # five waiters, one build
+    assert ticks > 5  # the loop went on while the plan was derived
+    headers = documents.ready_headers("example.com", "/a", "https")
+    assert headers == documents.response_headers("example.com", "/a", "https")
+    assert dict(headers or ())["Content-Usage"]
+
+
+async def test_a_new_policy_needs_a_new_plan() -> None:
+    built: list[int] = []
+    policy = [load_default_policy(CATALOG)]
+    documents = _documents(policy, built)
+    await documents.build_plan("example.com")
+    policy[0] = load_default_policy(CATALOG)  # a reload: another policy object
+    assert documents.ready_headers("example.com", "/a", "https") is None
+    await documents.build_plan("example.com")
+    assert len(built) == 2
