@@ -92,9 +92,12 @@ class GateProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("gatekeeper exited:\n" + self.log_file.read_text())
-            if any(e.get("event") == "started" for e in self.events()):
+            try:
+                socket.create_connection(("127.0.0.1", self.admin), 0.2).close()
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
                 return self
-            time.sleep(0.05)
+            except OSError:
+                time.sleep(0.05)
         raise RuntimeError("gatekeeper did not start:\n" + self.log_file.read_text())
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
@@ -174,3 +177,25 @@ class GateProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {expect} reload: " + self.log_file.read_text()[-2000:])
             await asyncio.sleep(0.05)
+
+    async def wait_flushed(self, predicate: Callable[[list[Event]], bool],
+                           event: str = "request", timeout: float = 5.0) -> list[Event]:
+        """`wait_for` without sitting out the request-line batch: any other log line
+        flushes it, so while `predicate` fails a SIGHUP is sent (a reload of the
+        unchanged policy, logged as `policy_reloaded`), at most every 0.2 s. Not for
+        tests that count reloads."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        nudged = 0.0
+        while True:
+            found = self.events(event)
+            if predicate(found):
+                return found
+            now = time.monotonic()
+            if now > deadline:
+                raise AssertionError(f"log never satisfied the condition; {event} lines: "
+                                     f"{found[-5:]}")
+            if now - nudged >= 0.2:
+                self.proc.send_signal(signal.SIGHUP)
+                nudged = now
+            await asyncio.sleep(0.02)

@@ -94,13 +94,17 @@ class _Recorder:
         return data
 
     async def readexactly(self, n: int) -> bytes:
-        try:
-            data = await self.reader.readexactly(n)
-        except asyncio.IncompleteReadError as exc:
-            self.conn.raw += exc.partial
-            raise
-        self.conn.raw += data
-        return data
+        # Piece by piece, so `raw` grows as a body arrives: a test can see the
+        # first bytes of a large body reach the upstream while the client is
+        # still sending the rest (streaming, not buffering).
+        data = bytearray()
+        while len(data) < n:
+            piece = await self.reader.read(min(n - len(data), 256 * 1024))
+            if not piece:
+                raise asyncio.IncompleteReadError(bytes(data), n)
+            self.conn.raw += piece
+            data += piece
+        return bytes(data)
 
 
 class RecordingUpstream:
