@@ -18,10 +18,10 @@ the gate safe to put in front of an origin:
 from __future__ import annotations
 
 import re
-import sys
 
 from multidict import CIMultiDict
 
+from fuzz.run import fuzz
 from gatekeeper.edge.headers import (
     HOP_BY_HOP,
     URL_OVERRIDE_HEADERS,
@@ -82,13 +82,5 @@ def test_one_input(data: bytes) -> None:
         assert "\r" not in value and "\n" not in value and "\x00" not in value
 
 
-def main() -> None:
-    import atheris  # an optional extra: pip install -e '.[fuzz]'
-
-    atheris.instrument_all()  # coverage feedback from every module loaded so far
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    fuzz(test_one_input)

@@ -13,8 +13,7 @@ corpus and generated inputs in the ordinary test suite.
 
 from __future__ import annotations
 
-import sys
-
+from fuzz.run import fuzz
 from gatekeeper.catalog_loader import load_catalog
 from gatekeeper.errors import PolicyError
 from gatekeeper.policy.loader import load_policy_text
@@ -31,13 +30,5 @@ def test_one_input(data: bytes) -> None:
         assert "fuzz.yaml" in str(exc), str(exc)
 
 
-def main() -> None:
-    import atheris  # an optional extra: pip install -e '.[fuzz]'
-
-    atheris.instrument_all()  # coverage feedback from every module loaded so far
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    fuzz(test_one_input)

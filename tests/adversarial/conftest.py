@@ -66,8 +66,22 @@ def shared_origin(servers: LoopThread) -> Iterator[Origin]:
 
 
 @pytest.fixture(scope="module")
-def gate(shared_origin: Origin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateProcess]:
-    process = GateProcess(tmp_path_factory.mktemp("gate"), shared_origin.faults.url, POLICY)
+def gate_policy() -> str:
+    """The module gate's policy; a module overrides this fixture for another one."""
+    return POLICY
+
+
+@pytest.fixture(scope="module")
+def gate_env() -> dict[str, str]:
+    """The module gate's GATEKEEPER_* settings; a module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def gate(shared_origin: Origin, tmp_path_factory: pytest.TempPathFactory, gate_policy: str,
+         gate_env: dict[str, str]) -> Iterator[GateProcess]:
+    process = GateProcess(tmp_path_factory.mktemp("gate"), shared_origin.faults.url,
+                          gate_policy, gate_env)
     process.start()
     yield process
     process.stop()

@@ -21,14 +21,14 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.adversarial.conftest import POLICY, Origin
+from tests.adversarial.conftest import Origin
 from tests.integration.conftest import BROWSER_HEADERS, GPTBOT
 from tests.support.gate_process import GateProcess
 from tests.support.raw_http import PUBLIC, Reply, exchange, parse_responses, request
@@ -58,11 +58,8 @@ def wire(case: dict[str, Any], field: str = "request") -> bytes:
 
 
 @pytest.fixture(scope="module")
-def gate(shared_origin: Origin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateProcess]:
-    process = GateProcess(tmp_path_factory.mktemp("gate"), shared_origin.faults.url, POLICY, ENV)
-    process.start()
-    yield process
-    process.stop()
+def gate_env() -> dict[str, str]:
+    return ENV
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
@@ -204,20 +201,8 @@ async def test_broken_chunk_after_forwarding_began_aborts_the_upstream_request(
     gate: GateProcess, origin: Origin, case: dict[str, Any]
 ) -> None:
     before = await gate.value("gatekeeper_client_faults_total", fault="malformed_body")
-    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port, local_addr=(PUBLIC, 0))
-    try:
-        writer.write(CHUNKED_HEAD + b"5\r\nhello\r\n")
-        await until(lambda: bool(carrying(origin.upstream, b"\r\nhello\r\n")),
-                    what="the first chunk reached the upstream")
-        writer.write(wire(case, "chunk") + SMUGGLED)
-        async with asyncio.timeout(5):
-            raw = await _read_to_end(reader)
-    finally:
-        writer.transport.abort()
-    assert [r.status for r in parse_responses(raw)] in ([], [400])
-    await until(lambda: all(c.closed for c in carrying(origin.upstream, b"/public/chunks")),
-                what="the upstream connection closed")
-    assert_never_completed(origin.upstream, "/public/chunks")
+    await _break_a_forwarded_body(gate, origin,
+                                  lambda w: w.write(wire(case, "chunk") + SMUGGLED))
     # Counted at once, not after the body timeout (30 s) had run out.
     await until_value(gate, "gatekeeper_client_faults_total", before + 1, fault="malformed_body")
 
@@ -226,12 +211,22 @@ async def test_client_hanging_up_before_the_last_chunk_aborts_the_upstream_reque
     gate: GateProcess, origin: Origin
 ) -> None:
     before = await gate.value("gatekeeper_client_faults_total", fault="client_disconnect")
+    # The client's last byte: no `0\r\n\r\n`.
+    await _break_a_forwarded_body(gate, origin, lambda w: w.write_eof())
+    await until_value(gate, "gatekeeper_client_faults_total", before + 1,
+                      fault="client_disconnect")
+
+
+async def _break_a_forwarded_body(gate: GateProcess, origin: Origin,
+                                  then: Callable[[asyncio.StreamWriter], object]) -> None:
+    """Start a chunked upload, wait until its first chunk is upstream, then `then`:
+    the client gets 400 or nothing, and the upstream never a complete request."""
     reader, writer = await asyncio.open_connection("127.0.0.1", gate.port, local_addr=(PUBLIC, 0))
     try:
         writer.write(CHUNKED_HEAD + b"5\r\nhello\r\n")
         await until(lambda: bool(carrying(origin.upstream, b"\r\nhello\r\n")),
                     what="the first chunk reached the upstream")
-        writer.write_eof()  # the client's last byte: no `0\r\n\r\n`
+        then(writer)
         async with asyncio.timeout(5):
             raw = await _read_to_end(reader)
     finally:
@@ -240,8 +235,6 @@ async def test_client_hanging_up_before_the_last_chunk_aborts_the_upstream_reque
     await until(lambda: all(c.closed for c in carrying(origin.upstream, b"/public/chunks")),
                 what="the upstream connection closed")
     assert_never_completed(origin.upstream, "/public/chunks")
-    await until_value(gate, "gatekeeper_client_faults_total", before + 1,
-                      fault="client_disconnect")
 
 
 async def _read_to_end(reader: asyncio.StreamReader) -> bytes:

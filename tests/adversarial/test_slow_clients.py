@@ -23,7 +23,6 @@ import csv
 import json
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import aiohttp
 import pytest
 
 from gatekeeper.edge.server import LINGERING_TIME
-from tests.adversarial.conftest import POLICY, Origin
+from tests.adversarial.conftest import Origin
 from tests.integration.conftest import BROWSER_HEADERS
 from tests.support.gate_process import GateProcess
 
@@ -48,11 +47,8 @@ UA = "User-Agent: slow-suite/1.0"
 
 
 @pytest.fixture(scope="module")
-def gate(shared_origin: Origin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateProcess]:
-    process = GateProcess(tmp_path_factory.mktemp("gate"), shared_origin.faults.url, POLICY, ENV)
-    process.start()
-    yield process
-    process.stop()
+def gate_env() -> dict[str, str]:
+    return ENV
 
 
 async def slowhttptest(mode: str, port: int, out: Path) -> list[dict[str, int]]:

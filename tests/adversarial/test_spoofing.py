@@ -14,7 +14,7 @@ import json
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,13 +45,8 @@ CRAWLER_BUCKETS = {"unknown", "other-bot", "undeclared-bot", "other"}
 
 
 @pytest.fixture(scope="module")
-def gate(shared_origin: Origin, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[GateProcess]:
-    process = GateProcess(tmp_path_factory.mktemp("gate"), shared_origin.faults.url,
-                          SPOOFING_POLICY)
-    process.start()
-    yield process
-    process.stop()
+def gate_policy() -> str:
+    return SPOOFING_POLICY
 
 
 def forwarded(origin: Origin, path: str) -> Received:

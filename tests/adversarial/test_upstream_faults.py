@@ -47,12 +47,8 @@ KINDS = ("refused", "reset", "timeout", "protocol", "other")
 
 
 @pytest.fixture(scope="module")
-def gate(shared_origin: Origin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateProcess]:
-    process = GateProcess(tmp_path_factory.mktemp("gate"), shared_origin.faults.url, POLICY,
-                          FAST)
-    process.start()
-    yield process
-    process.stop()
+def gate_env() -> dict[str, str]:
+    return FAST
 
 
 @pytest.fixture(scope="module")

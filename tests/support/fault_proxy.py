@@ -21,6 +21,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Literal
 
+from tests.support.loopback_server import LoopbackServer
 from tests.support.recording_upstream import reset
 
 Mode = Literal["pass", "refuse", "blackhole", "reset_after", "stall_after", "trickle",
@@ -35,37 +36,16 @@ class Fault:
     data: bytes = b""
 
 
-class FaultProxy:
+class FaultProxy(LoopbackServer):
     def __init__(self, target_port: int) -> None:
+        super().__init__()
         self.target_port = target_port
         self.fault = Fault()
-        self.port = 0
         self.accepted = 0
         self.open = 0
-        self._server: asyncio.base_events.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._on_connection, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self._server.wait_closed()
 
     async def _on_connection(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
         self.accepted += 1
         self.open += 1
         fault = self.fault
@@ -93,7 +73,6 @@ class FaultProxy:
             self.open -= 1
             with contextlib.suppress(Exception):
                 writer.close()
-            self._tasks.discard(task)
 
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         while data := await src.read(65536):

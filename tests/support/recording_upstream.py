@@ -23,6 +23,9 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+from tests.support.loopback_server import LoopbackServer
 
 ROBOTS_CHECK_UA = "Gatekeeper-robots-check"
 MAX_HEAD = 256 * 1024
@@ -107,31 +110,15 @@ class _Recorder:
         return bytes(data)
 
 
-class RecordingUpstream:
+class RecordingUpstream(LoopbackServer):
     def __init__(self, robots_txt: str = "User-agent: *\nDisallow: /private/\n") -> None:
+        super().__init__()
         self.robots_txt = robots_txt
         self.connections: list[Connection] = []
         self.routes: dict[str, Handler] = {}
-        self._server: asyncio.base_events.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.port = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._on_connection, "127.0.0.1", 0,
-                                                  limit=MAX_HEAD)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self._server.wait_closed()
+    async def start(self, **options: Any) -> None:
+        await super().start(limit=MAX_HEAD, **options)
 
     # -- what the tests read -------------------------------------------------------------
 
@@ -157,9 +144,6 @@ class RecordingUpstream:
 
     async def _on_connection(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
         conn = Connection(writer.get_extra_info("peername")[:2])
         self.connections.append(conn)
         rec = _Recorder(reader, conn)
@@ -180,7 +164,6 @@ class RecordingUpstream:
             conn.closed = True
             with contextlib.suppress(Exception):
                 writer.close()
-            self._tasks.discard(task)
 
     async def _read_request(self, rec: _Recorder, conn: Connection) -> Received | None:
         try:
