@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from gatekeeper.catalog_loader import load_catalog
 from tests.adversarial.conftest import POLICY, Origin, StartGate
 from tests.integration.conftest import BROWSER, BROWSER_HEADERS, GPTBOT
 from tests.support.gate_process import Event, GateProcess
+from tests.support.https_server import https_server
 from tests.support.raw_http import IN_RANGE, PUBLIC, TRUSTED_PROXY, exchange, request
 from tests.support.recording_upstream import Received
 
@@ -307,14 +307,8 @@ async def list_server(tmp_path: Path) -> AsyncIterator[tuple[str, list[str], Pat
 
     app = web.Application()
     app.router.add_get("/gptbot.json", gptbot)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-    await site.start()
-    yield f"https://127.0.0.1:{runner.addresses[0][1]}/gptbot.json", prefixes, bundle
-    await runner.cleanup()
+    async with https_server(app, ca) as base:
+        yield base + "/gptbot.json", prefixes, bundle
 
 
 async def _refreshed(gate: GateProcess, count: int) -> None:

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from gatekeeper import wiring
 from gatekeeper.settings import Settings
+from tests.support.https_server import https_server
 
 GPTBOT = "Mozilla/5.0 (compatible; GPTBot/1.2; +https://openai.com/gptbot)"
 
@@ -43,14 +44,8 @@ async def list_server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/gptbot.json", gptbot)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-    await site.start()
-    yield f"https://127.0.0.1:{runner.addresses[0][1]}/gptbot.json"
-    await runner.cleanup()
+    async with https_server(app, ca) as base:
+        yield base + "/gptbot.json"
 
 
 async def test_background_refresh_swaps_the_lists_the_gate_uses(
