@@ -34,7 +34,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import os
 import re
 import signal
 import statistics
@@ -64,6 +63,7 @@ from http_bench import (
 from origin import (
     PAGE_SIZE,
     ensure_nginx,
+    nginx_main_conf,
     nginx_origin,
     nginx_running,
 )
@@ -169,25 +169,8 @@ def auth_front(listen: int, gatekeeper: int, origin: int, cache: Path, *,
 
 
 def main_conf(workdir: Path, include: Path) -> str:
-    """One worker, as the origin runs (bench/origin.py), every path in `workdir`."""
-    temp = workdir / "temp"
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    return f"""{user}worker_processes 1;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {temp}/body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-    keepalive_timeout 60s;
-    keepalive_requests 10000000;
-    include {include};
-}}
-"""
+    """As the origin runs (bench/origin.py), with the forward-auth site included."""
+    return nginx_main_conf(workdir, f"    include {include};\n")
 
 
 @contextlib.contextmanager

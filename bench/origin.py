@@ -37,15 +37,17 @@ def page_body(size: int = PAGE_SIZE) -> bytes:
     return head + b"x" * (size - len(head) - len(tail)) + tail
 
 
-def nginx_config(port: int, workdir: Path) -> str:
-    """A self-contained nginx.conf: one worker, every path inside `workdir`.
+def nginx_main_conf(workdir: Path, http: str) -> str:
+    """A self-contained nginx.conf around `http` (the http block's own lines): one
+    worker, every path inside `workdir`.
 
     One worker because the machine has two cores and the proxy under test and wrk
     need them more; nginx still answers at tens of thousands of requests/s.
     """
     temp = workdir / "temp"
-    return f"""\
-worker_processes 1;
+    # Started as root, nginx runs its worker as nobody, who may not enter `workdir`.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    return f"""{user}worker_processes 1;
 pid {workdir}/nginx.pid;
 error_log {workdir}/error.log warn;
 events {{ worker_connections 4096; }}
@@ -56,18 +58,24 @@ http {{
     fastcgi_temp_path {temp}/fastcgi;
     uwsgi_temp_path {temp}/uwsgi;
     scgi_temp_path {temp}/scgi;
+    keepalive_timeout 60s;
+    keepalive_requests 10000000;
+{http}}}
+"""
+
+
+def nginx_config(port: int, workdir: Path) -> str:
+    """The origin: the 10 KB page on `port`."""
+    return nginx_main_conf(workdir, f"""\
     default_type text/html;
     sendfile on;
     tcp_nodelay on;
-    keepalive_timeout 60s;
-    keepalive_requests 10000000;
     server {{
         listen 127.0.0.1:{port} backlog=1024;
         root {workdir}/www;
         location / {{ try_files /page.html =404; }}
     }}
-}}
-"""
+""")
 
 
 def find_nginx() -> str | None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from typing import Any
 
 
-class LoopbackServer:
+class LoopbackServer(ABC):
     """Subclasses implement `_on_connection`; `start` picks a free port."""
 
     def __init__(self) -> None:
@@ -40,6 +41,7 @@ class LoopbackServer:
         finally:
             self._tasks.discard(task)
 
+    @abstractmethod
     async def _on_connection(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
-        raise NotImplementedError
+        """Serve one connection; it is cancelled when the server stops."""
