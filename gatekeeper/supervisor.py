@@ -17,10 +17,21 @@ It also serves the admin listener (`admin_listen`) for all of them:
   agree on a shared directory before the first metric exists.
 - `/healthz` answers while this process runs, and says how many workers are up.
 - `/readyz` is ready when every worker's `/readyz` is.
+- `/status` is the workers' status page, and `/status.json` merges theirs: rows of
+  the same crawler, path, licence or minute are added up (numbers summed, breakdowns
+  summed per key, lists of names joined) and ranked again; the policy part is the
+  workers', with `workers_agree` false and the fields that differ when they do not
+  serve the same policy. Fields are merged by kind, not by name, so a field a worker
+  adds is carried without a change here.
 
-Limits that must hold across all workers (rate limits keyed on anything, licence
-quotas) need a shared store: with the memory store each worker would count alone,
-so `workers > 1` with `store: memory` is refused when the policy has any of them.
+State that must be shared across all workers needs a shared store. With the memory
+store each worker would count rate limits and licence quotas alone, and would keep
+its own Web Bot Auth replay cache, so a signature replayed to another worker would
+be taken as fresh: `workers > 1` with `store: memory` is refused when the policy has
+limits, or rules a signature changes the outcome of (`check_shared_limits`).
+
+Whichever way the supervisor ends (a signal, a worker that cannot start, the admin
+port taken) it stops every worker it started and removes its scratch directory.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -44,34 +55,80 @@ import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from gatekeeper.core.model import Policy, RateLimit, RequireLicense
+from gatekeeper.core.catalog import Catalog
+from gatekeeper.core.facts import Identity
+from gatekeeper.core.model import Policy, RateLimit, RequireLicense, Rule
+from gatekeeper.edge.admin import status_routes
 from gatekeeper.errors import SettingsError
 from gatekeeper.observe import logging as gk_logging
-from gatekeeper.settings import Settings
+from gatekeeper.settings import Settings, split_hostport
 
 _RESTART_DELAY: Final = 1.0
 _START_TIMEOUT: Final = 30.0
 _SCRAPE_TIMEOUT: Final = 5.0
 _SUMMED: Final = frozenset({"counter", "histogram", "summary"})
 _NO_STORE: Final = {"Cache-Control": "no-store"}
+# /status.json: the lists of rows, and the field that identifies a row in each.
+_ROWS: Final = {"crawlers": "crawler", "top_paths": "path", "licences": "license",
+                "per_minute": "minute"}
+_TOP_PATHS: Final = 20  # as many as one worker lists
+# Policy fields saying when a worker did something (loaded, reloaded).
+_WHEN: Final = frozenset({"serving_since", "since", "at"})
 
 _log = gk_logging.get_logger("gatekeeper.supervisor")
 
 
-def check_shared_limits(settings: Settings, policy: Policy) -> None:
-    """Refuse several workers counting global limits each on their own."""
+def check_shared_limits(settings: Settings, policy: Policy,
+                        catalog: Catalog | None = None) -> tuple[str, ...]:
+    """Refuse several workers keeping state each on their own that the policy needs
+    shared: limits counted per worker, or a Web Bot Auth replay cache per worker when
+    a signature decides something. Returns (and logs) the warnings for what is kept
+    per worker without changing a decision. `catalog` tells whether any crawler signs
+    its requests; None assumes one does, as in the packaged catalog."""
     if settings.workers <= 1 or settings.store != "memory":
-        return
+        return ()
     rules = [*policy.rules, *(r for s in policy.host_sections for r in s.rules)]
     counted = [r.name for r in rules if isinstance(r.action, RateLimit)]
     counted += [r.name for r in rules if isinstance(r.action, RequireLicense)
                 and any(lic.limits is not None for lic in policy.licenses
                         if lic.name in r.action.any_of)]
+    signers = catalog is None or any(c.signature_agents for c in catalog)
+    trusting = _trusting_signatures(settings, rules) if signers else []
+    problems = []
     if counted:
+        problems.append(f"their own count for {', '.join(counted)}, multiplying the limits")
+    if trusting:
+        problems.append(
+            "their own Web Bot Auth replay cache, so a signed request replayed to another "
+            f"worker would pass as signed again for {', '.join(trusting)}")
+    if problems:
         raise SettingsError(
-            f"workers: {settings.workers} workers with store: memory would each keep their "
-            f"own count for {', '.join(counted)}, multiplying the limits; set store: redis "
-            "(and redis_url) so they share one count, or run one worker")
+            f"workers: {settings.workers} workers with store: memory would each keep "
+            f"{'; and '.join(problems)}; set store: redis (and redis_url) so they share "
+            "one store, or run one worker")
+    if not signers:
+        return ()
+    warning = (f"workers: {settings.workers} workers with store: memory each keep their own "
+               "Web Bot Auth replay cache: a signed request replayed to another worker is "
+               "counted and logged as signed again. No rule of this policy depends on a "
+               "signature, so no decision changes; set store: redis to catch every replay")
+    _log.warning("replay_cache_per_worker", detail=warning)
+    return (warning,)
+
+
+def _trusting_signatures(settings: Settings, rules: list[Rule]) -> list[str]:
+    """The rules whose outcome a valid signature changes: those that match on identity
+    (a replay another worker has not seen stays `signed` instead of falling back to what
+    its user agent and address show: `spoofed` for a crawler that signs everything),
+    and, when licence tokens are accepted, those that require a licence (a token bound
+    to a crawler's key is proven by the request's signature)."""
+    every = frozenset(Identity)
+    names = [r.name for r in rules
+             if r.match.identities is not None and r.match.identities != every]
+    if settings.site_hosts:
+        names += [r.name for r in rules if isinstance(r.action, RequireLicense)
+                  and r.name not in names]
+    return names
 
 
 @dataclasses.dataclass
@@ -86,52 +143,74 @@ class _Worker:
 class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._dir = Path(tempfile.mkdtemp(prefix="gatekeeper-workers-"))
-        self._config = self._dir / "settings.yaml"
-        self._workers = [_Worker(i, self._dir / f"worker-{i}.port")
-                         for i in range(settings.workers)]
+        self._workers: list[_Worker] = []
         self._stopping = False
 
     async def run(self) -> int:
-        self._write_config()
-        for worker in self._workers:
-            self._spawn(worker)
-        await asyncio.gather(*(self._wait_started(w) for w in self._workers))
-        runner = web.AppRunner(self._admin_app(), access_log=None)
-        await runner.setup()
-        host, _, port = self._settings.admin_listen.rpartition(":")
-        site = web.TCPSite(runner, host.strip("[]") or "0.0.0.0", int(port),
-                           reuse_address=True)
-        await site.start()
-        _log.info("workers_started", workers=len(self._workers),
-                  listen=self._settings.listen, admin_listen=self._settings.admin_listen)
-        stop = asyncio.Event()
+        """Start the workers and serve until SIGTERM or SIGINT. Whichever way this
+        ends (a signal, a worker that cannot start, an admin port taken), every worker
+        started is stopped and the scratch directory is gone before it returns."""
         loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        # Before the first worker: a signal while they start stops them, instead of
+        # killing this process and leaving them running.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._signal_all(signal.SIGHUP))
-        watcher = asyncio.create_task(self._watch())
         try:
-            await stop.wait()
+            with tempfile.TemporaryDirectory(prefix="gatekeeper-workers-") as scratch:
+                try:
+                    await self._serve(Path(scratch), stop)
+                finally:
+                    self._stopping = True
+                    await self._stop_all()
         finally:
-            self._stopping = True
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
-            await self._stop_all()
-            await runner.cleanup()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
         _log.info("workers_stopped")
         return 0
 
+    async def _serve(self, scratch: Path, stop: asyncio.Event) -> None:
+        config = scratch / "settings.yaml"
+        self._write_config(config)
+        self._workers = [_Worker(i, scratch / f"worker-{i}.port")
+                         for i in range(self._settings.workers)]
+        for worker in self._workers:
+            self._spawn(worker, config)
+        if not await self._all_started(stop):
+            return
+        runner = web.AppRunner(self._admin_app(), access_log=None)
+        await runner.setup()
+        try:
+            host, port = split_hostport(self._settings.admin_listen, "admin_listen")
+            site = web.TCPSite(runner, host, port, reuse_address=True)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise SettingsError(f"admin_listen: cannot listen on "
+                                    f"{self._settings.admin_listen}: {exc.strerror}") from exc
+            _log.info("workers_started", workers=len(self._workers),
+                      listen=self._settings.listen, admin_listen=self._settings.admin_listen)
+            watcher = asyncio.create_task(self._watch(config))
+            try:
+                await stop.wait()
+            finally:
+                self._stopping = True
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+        finally:
+            await runner.cleanup()
+
     # -- processes -----------------------------------------------------------------
 
-    def _write_config(self) -> None:
+    def _write_config(self, config: Path) -> None:
         values: dict[str, Any] = {}
         for field in dataclasses.fields(self._settings):
             value = getattr(self._settings, field.name)
             values[field.name] = list(value) if isinstance(value, tuple) else value
-        self._config.write_text(yaml.safe_dump(values), encoding="utf-8")
+        config.write_text(yaml.safe_dump(values), encoding="utf-8")
 
-    def _spawn(self, worker: _Worker) -> None:
+    def _spawn(self, worker: _Worker, config: Path) -> None:
         worker.report.unlink(missing_ok=True)
         # The worker's settings are this process's, resolved once and written out: the
         # environment's GATEKEEPER_* variables were part of that resolution already.
@@ -144,9 +223,27 @@ class Supervisor:
             "GATEKEEPER_WORKER_REPORT": str(worker.report),
         })
         worker.proc = subprocess.Popen(
-            [sys.executable, "-m", "gatekeeper", "run", "--config", str(self._config)],
-            env=env)
+            [sys.executable, "-m", "gatekeeper", "run", "--config", str(config)], env=env)
         _log.info("worker_started", worker=worker.index, pid=worker.proc.pid)
+
+    async def _all_started(self, stop: asyncio.Event) -> bool:
+        """True once every worker has started; False if `stop` is set first. Raises
+        SettingsError for the first worker that exits or does not start in time."""
+        starting = [asyncio.create_task(self._wait_started(w)) for w in self._workers]
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            pending: set[asyncio.Task[Any]] = {*starting, stopped}
+            while any(not task.done() for task in starting):
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if stopped in done:
+                    return False
+                for task in done:
+                    task.result()
+            return True
+        finally:
+            for task in (*starting, stopped):
+                task.cancel()
+            await asyncio.gather(*starting, stopped, return_exceptions=True)
 
     async def _wait_started(self, worker: _Worker) -> None:
         deadline = time.monotonic() + _START_TIMEOUT
@@ -157,11 +254,12 @@ class Supervisor:
             assert worker.proc is not None
             if worker.proc.poll() is not None:
                 raise SettingsError(f"worker {worker.index} exited with status "
-                                    f"{worker.proc.returncode} while starting")
+                                    f"{worker.proc.returncode} while starting (its log "
+                                    "line above says why)")
             await asyncio.sleep(0.05)
         raise SettingsError(f"worker {worker.index} did not start within {_START_TIMEOUT:g} s")
 
-    async def _watch(self) -> None:
+    async def _watch(self, config: Path) -> None:
         while not self._stopping:
             await asyncio.sleep(0.5)
             for worker in self._workers:
@@ -172,7 +270,7 @@ class Supervisor:
                 if self._stopping:
                     return
                 worker.restarts += 1
-                self._spawn(worker)
+                self._spawn(worker, config)
                 with contextlib.suppress(SettingsError):
                     await self._wait_started(worker)
 
@@ -217,10 +315,27 @@ class Supervisor:
             return web.Response(status=200 if ok else 503, text=json.dumps(body) + "\n",
                                 content_type="application/json", headers=_NO_STORE)
 
+        async def status() -> dict[str, Any]:
+            docs: dict[str, Mapping[str, Any]] = {}
+            workers: dict[str, bool] = {}
+            for index, text in await self._gather("/status.json"):
+                doc = _json_object(text)
+                workers[str(index)] = doc is not None
+                if doc is not None:
+                    docs[str(index)] = doc
+            if not docs:
+                raise web.HTTPServiceUnavailable(
+                    text=json.dumps({"error": "no_worker_answered", "workers": workers}),
+                    content_type="application/json", headers=_NO_STORE)
+            merged = merge_status(docs)
+            merged["workers"] = workers
+            return merged
+
         app = web.Application()
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
+        status_routes(app, status)
         return app
 
     async def _gather(self, path: str) -> list[tuple[int, str | None]]:
@@ -235,6 +350,16 @@ class Supervisor:
                 except (aiohttp.ClientError, TimeoutError):
                     return worker.index, None
             return list(await asyncio.gather(*(one(w) for w in self._workers)))
+
+
+def _json_object(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def merge_metrics(texts: Iterable[str]) -> str:
@@ -270,6 +395,91 @@ def merge_metrics(texts: Iterable[str]) -> str:
             lines.append(f"{series}{{{rendered}}} {_number(value)}" if rendered
                          else f"{series} {_number(value)}")
     return "\n".join(lines) + "\n"
+
+
+def merge_status(docs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Workers' `/status.json` documents, keyed by worker, merged into one (see the
+    module docstring)."""
+    found = list(docs.values())
+    merged: dict[str, Any] = {}
+    for name in dict.fromkeys(k for doc in found for k in doc):
+        values = [doc[name] for doc in found if name in doc]
+        if name == "policy":
+            merged[name] = _merge_policy({w: d[name] for w, d in docs.items() if name in d})
+        elif name == "generated_at":
+            merged[name] = max(values)
+        elif name == "window_minutes":
+            merged[name] = values[0]
+        elif name in _ROWS:
+            merged[name] = _merge_rows(values, _ROWS[name])
+        else:
+            merged[name] = _sum(values)
+    if isinstance(merged.get("top_paths"), list):
+        del merged["top_paths"][_TOP_PATHS:]
+    window = merged.get("window_minutes")
+    if isinstance(merged.get("per_minute"), list) and isinstance(window, int) and window > 0:
+        # Workers that answered either side of a minute's start disagree on the window's
+        # first minute: the newest `window` minutes are kept.
+        merged["per_minute"] = merged["per_minute"][-window:]
+    return merged
+
+
+def _merge_rows(lists: list[Any], key: str) -> list[Any]:
+    """Rows with the same `key` summed; ranked by requests, then key."""
+    rows: dict[Any, list[Mapping[str, Any]]] = {}
+    for items in lists:
+        for row in items if isinstance(items, list) else ():
+            if isinstance(row, Mapping) and key in row:
+                rows.setdefault(row[key], []).append(row)
+    out = [{**_sum(group), key: name} for name, group in rows.items()]
+    if all("requests" in row for row in out):
+        out.sort(key=lambda row: (-row["requests"], row[key]))
+    else:
+        out.sort(key=lambda row: row[key])
+    return out
+
+
+def _sum(values: list[Any]) -> Any:
+    """Numbers added, mappings merged key by key, lists of names joined; anything else
+    (a crawler's operator, purpose) is the first worker's."""
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return sum(values)
+    if all(isinstance(v, Mapping) for v in values):
+        keys = dict.fromkeys(k for v in values for k in v)
+        return {k: _sum([v[k] for v in values if k in v]) for k in keys}
+    if all(isinstance(v, list) for v in values):
+        items = [item for v in values for item in v]
+        if all(isinstance(item, str) for item in items):
+            return sorted(set(items))
+    return next((v for v in values if v not in ("", None)), values[0])
+
+
+def _merge_policy(policies: Mapping[str, Any]) -> Any:
+    """The workers' policy state, which should be one and the same. Where it is not
+    (a reload that reached one worker and not yet another, a restarted worker that read
+    a newer file), the first worker's value is shown and `differences` names each
+    field with every worker's value. Times (when each worker loaded or reloaded) are
+    each worker's own moment: not compared, the latest is shown."""
+    differences: dict[str, dict[str, Any]] = {}
+
+    def agree(values: dict[str, Any], path: str) -> Any:
+        if all(isinstance(v, Mapping) for v in values.values()):
+            keys = dict.fromkeys(k for v in values.values() for k in v)
+            return {k: agree({w: v.get(k) for w, v in values.items()}, f"{path}{k}.")
+                    for k in keys}
+        first = next(iter(values.values()))
+        if path.rstrip(".").rpartition(".")[2] in _WHEN:
+            times = [v for v in values.values() if isinstance(v, int | float)]
+            return max(times) if times else first
+        if any(v != first for v in values.values()):
+            differences[path.rstrip(".")] = dict(values)
+        return first
+
+    merged = agree(dict(policies), "")
+    if isinstance(merged, dict):
+        merged["workers_agree"] = not differences
+        merged["differences"] = differences
+    return merged
 
 
 def _escape_help(text: str) -> str:

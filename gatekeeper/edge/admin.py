@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -63,17 +64,21 @@ def build_admin_app(
     if owners is not None:
         _owner_routes(app, owners)
     if status is not None:
-        _status_routes(app, status)
+        status_routes(app, status)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
 
 
-def _status_routes(app: web.Application, status: Callable[[], Mapping[str, object]]) -> None:
+def status_routes(
+    app: web.Application,
+    status: Callable[[], Mapping[str, object] | Awaitable[Mapping[str, object]]],
+) -> None:
     """GET /status: the "who is crawling me" page; GET /status.json: what it shows
     (docs/status-page.md). The page is one static file with a little plain JavaScript
-    that polls the JSON; nothing is built."""
+    that polls the JSON; nothing is built. `status` may be a coroutine function: the
+    supervisor of `--workers N` asks its workers for theirs."""
     page = resources.files("gatekeeper.data").joinpath("status.html").read_bytes()
 
     async def html(request: web.Request) -> web.Response:
@@ -81,7 +86,10 @@ def _status_routes(app: web.Application, status: Callable[[], Mapping[str, objec
                             headers={**_NO_STORE, "Content-Security-Policy": _PAGE_CSP})
 
     async def data(request: web.Request) -> web.Response:
-        return web.json_response(status(), headers=_NO_STORE)
+        doc = status()
+        if inspect.isawaitable(doc):
+            doc = await doc
+        return web.json_response(doc, headers=_NO_STORE)
 
     app.router.add_get("/status", html)
     app.router.add_get("/status.json", data)

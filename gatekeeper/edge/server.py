@@ -343,19 +343,21 @@ class Listeners:
     _closers: list[Callable[[], Awaitable[None]] | None] = field(default_factory=list)
 
     async def start(
-        self, target: web.Application | ProxyService, listen: str, settings: Settings
+        self, target: web.Application | ProxyService, listen: str, settings: Settings,
+        *, shared: bool = False,
     ) -> int:
-        """Listen on `listen` (HOST:PORT; port 0 picks one) and return the bound port."""
+        """Listen on `listen` (HOST:PORT; port 0 picks one) and return the bound port.
+
+        `shared`: other processes listen on the same port (SO_REUSEPORT), as the workers
+        of one `gatekeeper run --workers N` do on the main listener."""
         host, port = split_hostport(listen)
         if isinstance(target, ProxyService):
             runner, closer = await target.setup(), target.close
         else:
             runner, closer = make_runner(target, settings), None
             await runner.setup()
-        # Workers of one `gatekeeper run --workers N` share the main listener's port.
-        reuse_port = settings.reuse_port and isinstance(target, ProxyService)
         site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024,
-                           reuse_port=reuse_port or None)
+                           reuse_port=shared or None)
         try:
             await site.start()
         except OSError as exc:
@@ -434,7 +436,9 @@ async def serve(
     require_c_parser()
 
     async def start(listeners: Listeners) -> None:
-        await listeners.start(proxy, settings.listen, settings)
+        # Workers of one `gatekeeper run --workers N` share the main listener's port,
+        # whatever serves it; each has an admin listener of its own.
+        await listeners.start(proxy, settings.listen, settings, shared=settings.reuse_port)
         if admin is not None:
             await listeners.start(admin, settings.admin_listen, settings)
 

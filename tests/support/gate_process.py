@@ -7,6 +7,7 @@ its admin listener's `/metrics`, and its process entry in /proc (RSS, open files
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import signal
@@ -24,6 +25,26 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.raw_http import CRAWLER_RANGE, TRUSTED_PROXY
 
 Event = dict[str, Any]
+
+
+_BIND_ATTEMPTS = 5
+
+
+class _PortTaken(Exception):
+    """The gate exited because another process took one of its ports first."""
+
+
+def _answers_health(port: int) -> bool:
+    """Does Gatekeeper's admin listener answer on `port`? (Not just anyone's socket.)"""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=0.5)
+    try:
+        conn.request("GET", "/healthz")
+        reply = conn.getresponse()
+        return reply.status == 200 and reply.read().startswith(b"ok")
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
 
 
 def free_port() -> int:
@@ -80,24 +101,50 @@ class GateProcess:
     # -- life cycle ------------------------------------------------------------------------
 
     def start(self, timeout: float = 20.0) -> GateProcess:
+        """Start the gate and wait until both listeners answer.
+
+        The ports are picked free before the gate binds them, and another process can
+        take one in between: then the gate exits with "address already in use", and it
+        is started again on fresh ports (`port` and `admin` change), a few times."""
+        for attempt in range(_BIND_ATTEMPTS):
+            if attempt:
+                self.port, self.admin = free_port(), free_port()
+            try:
+                return self._start_once(timeout)
+            except _PortTaken as exc:
+                if attempt + 1 == _BIND_ATTEMPTS:
+                    raise RuntimeError(f"gatekeeper found its ports taken {_BIND_ATTEMPTS} "
+                                       f"times:\n{exc}") from None
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> GateProcess:
         policy = ("--policy", str(self.policy_file)) if self.policy_file.exists() else ()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gatekeeper", "run", "--upstream", self.upstream,
-             "--listen", f"127.0.0.1:{self.port}", "--admin-listen", f"127.0.0.1:{self.admin}",
-             *policy, *self.args],
-            stdout=self.log_file.open("ab"), stderr=subprocess.STDOUT,
-            env={**os.environ, **self.env},
-        )
+        logged = self.log_file.stat().st_size if self.log_file.exists() else 0
+        with self.log_file.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gatekeeper", "run", "--upstream", self.upstream,
+                 "--listen", f"127.0.0.1:{self.port}",
+                 "--admin-listen", f"127.0.0.1:{self.admin}", *policy, *self.args],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                with self.log_file.open("rb") as log:
+                    log.seek(logged)
+                    said = log.read().decode(errors="replace")
+                if "address already in use" in said.lower():
+                    raise _PortTaken(said)
                 raise RuntimeError("gatekeeper exited:\n" + self.log_file.read_text())
-            try:
-                socket.create_connection(("127.0.0.1", self.admin), 0.2).close()
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
+            # The admin listener is bound after the main one: when it answers as
+            # Gatekeeper's, the main port is the gate's too, not whoever took it.
+            if _answers_health(self.admin):
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                    return self
+                except OSError:
+                    pass
+            time.sleep(0.05)
         raise RuntimeError("gatekeeper did not start:\n" + self.log_file.read_text())
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:

@@ -1,18 +1,23 @@
-"""The supervisor's pure parts: merging workers' metrics, refusing per-worker limits."""
+"""The supervisor's pure parts: merging workers' metrics and status documents, refusing
+state kept per worker that the policy needs shared."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gatekeeper.catalog_loader import load_catalog
+from gatekeeper.core.catalog import Catalog
 from gatekeeper.errors import SettingsError
+from gatekeeper.observe.activity import Activity
 from gatekeeper.policy.loader import load_default_policy, load_policy_text
 from gatekeeper.settings import Settings
-from gatekeeper.supervisor import check_shared_limits, merge_metrics
+from gatekeeper.supervisor import check_shared_limits, merge_metrics, merge_status
 
 
 def _exposition(requests: int, duration: float, age: float) -> str:
@@ -58,3 +63,197 @@ def test_several_workers_need_a_shared_store_for_global_limits() -> None:
     no_limits = load_policy_text("version: 1\nrules: [{match: {purposes: [ai-training]}, "
                                  "action: block}]\n", "p.yaml", catalog)
     check_shared_limits(settings, no_limits)
+
+
+IDENTITY_RULE = """
+version: 1
+rules:
+  - name: signed-agents-only
+    match: {crawlers: [ChatGPT Agent], identities: [verified, unverified, spoofed]}
+    action: block
+"""
+LICENCE_RULE = """
+version: 1
+licenses:
+  - name: ai-train-standard
+    usages: [ai-train]
+rules:
+  - name: premium-needs-a-licence
+    match: {paths: ["/premium/**"]}
+    action: {require_license: {any_of: [ai-train-standard]}}
+"""
+PATHS_ONLY = "version: 1\nrules: [{match: {paths: ['/private/**']}, action: block}]\n"
+
+
+def test_a_rule_a_signature_decides_needs_one_replay_cache_for_all_workers() -> None:
+    catalog = load_catalog()
+    settings = dataclasses.replace(Settings(), workers=3)
+    policy = load_policy_text(IDENTITY_RULE, "p.yaml", catalog)
+    with pytest.raises(SettingsError) as refused:
+        check_shared_limits(settings, policy, catalog)
+    message = str(refused.value)
+    assert message.startswith("workers: 3 workers with store: memory would each keep their "
+                              "own Web Bot Auth replay cache")
+    assert "signed-agents-only" in message
+    assert "set store: redis" in message
+    assert check_shared_limits(dataclasses.replace(settings, store="redis"), policy,
+                               catalog) == ()
+    assert check_shared_limits(dataclasses.replace(settings, workers=1), policy, catalog) == ()
+
+
+def test_the_default_policy_is_refused_for_its_limits_and_its_spoofed_crawler_rule() -> None:
+    catalog = load_catalog()
+    settings = dataclasses.replace(Settings(), workers=2)
+    with pytest.raises(SettingsError) as refused:
+        check_shared_limits(settings, load_default_policy(catalog), catalog)
+    message = str(refused.value)
+    assert ("keep their own count for rate-limit-ai-assistants, slow-undeclared-bots, "
+            "multiplying the limits; and their own Web Bot Auth replay cache") in message
+    assert message.count("block-spoofed-crawlers") == 1
+
+
+def test_a_licence_needs_one_replay_cache_only_when_tokens_are_accepted() -> None:
+    # A token bound to a crawler's key is proven by the request's signature; without
+    # site_hosts no token is accepted at all.
+    catalog = load_catalog()
+    policy = load_policy_text(LICENCE_RULE, "p.yaml", catalog)
+    settings = dataclasses.replace(Settings(), workers=2)
+    with pytest.raises(SettingsError, match="premium-needs-a-licence"):
+        check_shared_limits(dataclasses.replace(settings, site_hosts=("example.com",)),
+                            policy, catalog)
+    [warning] = check_shared_limits(settings, policy, catalog)
+    assert "replay cache" in warning
+
+
+def test_a_policy_no_signature_changes_starts_with_a_warning_about_replays() -> None:
+    catalog = load_catalog()
+    settings = dataclasses.replace(Settings(), workers=2)
+    [warning] = check_shared_limits(settings, load_policy_text(PATHS_ONLY, "p.yaml", catalog),
+                                    catalog)
+    assert warning.startswith("workers: 2 workers with store: memory each keep their own "
+                              "Web Bot Auth replay cache")
+    assert "set store: redis" in warning
+
+
+def test_without_a_signing_crawler_in_the_catalog_there_is_nothing_to_replay() -> None:
+    packaged = load_catalog()
+    catalog = Catalog(c for c in packaged if not c.signature_agents)
+    settings = dataclasses.replace(Settings(), workers=2)
+    assert check_shared_limits(settings, load_policy_text(IDENTITY_RULE, "p.yaml", packaged),
+                               catalog) == ()
+    assert check_shared_limits(settings, load_policy_text(PATHS_ONLY, "p.yaml", catalog),
+                               catalog) == ()
+
+
+# -- /status.json ------------------------------------------------------------------------
+
+NOW = 1_796_006_400.0  # a minute's start
+
+
+# crawler, purpose, reason, forwarded, identity, path, robots violation, licence
+Seen = tuple[str, str | None, str, bool, str, str, bool, str]
+
+
+def _worker_status(traffic: Sequence[Seen], policy: dict[str, Any],
+                   minute: int = 0) -> dict[str, Any]:
+    """A worker's document: `traffic` recorded into a real Activity, `minute` minutes on."""
+    clock = [NOW]
+    activity = Activity(minutes=5, clock=lambda: clock[0])
+    for n, (crawler, purpose, reason, forwarded, identity, path, violation, licence) in \
+            enumerate(traffic):
+        clock[0] = NOW + 60 * (n % 2)
+        activity.record(crawler, purpose, reason, forwarded, identity, path, violation,
+                        licence, "acme" if licence else "")
+    clock[0] = NOW + 60 * (1 + minute)
+    operators = {"GPTBot": "OpenAI", "ClaudeBot": "Anthropic"}
+    doc = activity.snapshot(lambda name: operators.get(name, ""))
+    doc["policy"] = policy
+    return doc
+
+
+POLICY: dict[str, Any] = {"source": "/etc/gatekeeper/policy.yaml", "mode": "enforce", "rules": 7,
+          "licences": ["ai-train-standard"], "serving_since": NOW - 100,
+          "last_reload": {"ok": True, "at": NOW - 100, "source": "/etc/gatekeeper/policy.yaml",
+                          "problems": []}}
+
+
+def test_status_documents_are_summed_row_by_row_and_ranked_again() -> None:
+    a = _worker_status([
+        ("GPTBot", "ai-training", "blocked", False, "spoofed", "/a", True, ""),
+        ("GPTBot", "ai-training", "blocked", False, "verified", "/a", False, ""),
+        ("ClaudeBot", "ai-training", "licensed", True, "verified", "/b", False,
+         "ai-train-standard"),
+        ("unknown", None, "allowed", True, "unknown", "/", False, ""),
+    ], POLICY)
+    b = _worker_status([
+        ("ClaudeBot", "ai-training", "allowed", True, "verified", "/b", False, ""),
+        ("ClaudeBot", "ai-training", "licensed", True, "signed", "/b", False,
+         "ai-train-standard"),
+        ("ClaudeBot", "ai-training", "blocked", False, "verified", "/c", True, ""),
+        ("unknown", None, "blocked", False, "unknown", "/", False, ""),
+    ], {**POLICY, "serving_since": NOW - 50,
+        "last_reload": {**POLICY["last_reload"], "at": NOW - 50}})
+    merged = merge_status({"0": a, "1": b})
+    rows = {row["crawler"]: row for row in merged["crawlers"]}
+    # ClaudeBot has more requests in all (4 to 2): first, though worker 0 ranked GPTBot first.
+    assert [row["crawler"] for row in merged["crawlers"]] == ["ClaudeBot", "GPTBot"]
+    assert rows["ClaudeBot"] == {
+        "crawler": "ClaudeBot", "operator": "Anthropic", "purpose": "ai-training",
+        "requests": 4, "reasons": {"licensed": 2, "allowed": 1, "blocked": 1}, "refused": 1,
+        "identities": {"verified": 3, "signed": 1}, "robots_violations": 1, "licensed": 2}
+    assert rows["GPTBot"]["identities"] == {"spoofed": 1, "verified": 1}
+    assert merged["browsers"] == {"requests": 2, "refused": 1}
+    # /b: 1 + 2, ahead of /a (2), which led worker 0's list.
+    assert [(p["path"], p["requests"], p["crawlers"]) for p in merged["top_paths"]] == [
+        ("/b", 3, ["ClaudeBot"]), ("/a", 2, ["GPTBot"]), ("/c", 1, ["ClaudeBot"])]
+    assert merged["licences"] == [{"license": "ai-train-standard", "requests": 2,
+                                   "licensees": ["acme"]}]
+    minutes = {m["minute"]: m for m in merged["per_minute"]}
+    assert len(merged["per_minute"]) == 5
+    assert minutes[NOW] == {"minute": NOW, "browsers": 0, "crawlers": 4, "refused": 2}
+    assert minutes[NOW + 60] == {"minute": NOW + 60, "browsers": 2, "crawlers": 2,
+                                 "refused": 2}
+    assert merged["generated_at"] == NOW + 60
+    assert merged["window_minutes"] == 5
+    # The same policy on both; each loaded it at its own moment: the latest is shown.
+    assert merged["policy"] == {**POLICY, "serving_since": NOW - 50,
+                                "last_reload": {**POLICY["last_reload"],
+                                                "at": NOW - 50},
+                                "workers_agree": True, "differences": {}}
+
+
+def test_workers_serving_different_policies_are_flagged_field_by_field() -> None:
+    # `digest` stands for any field a worker adds: compared without being named here.
+    a = _worker_status([], {**POLICY, "digest": "sha256:aaa"})
+    b = _worker_status([], {**POLICY, "digest": "sha256:bbb", "rules": 8,
+                            "last_reload": {**POLICY["last_reload"],
+                                            "ok": False, "problems": ["p.yaml:3: bad"]}})
+    policy = merge_status({"0": a, "1": b})["policy"]
+    assert policy["workers_agree"] is False
+    assert policy["differences"] == {
+        "rules": {"0": 7, "1": 8},
+        "digest": {"0": "sha256:aaa", "1": "sha256:bbb"},
+        "last_reload.ok": {"0": True, "1": False},
+        "last_reload.problems": {"0": [], "1": ["p.yaml:3: bad"]},
+    }
+    assert (policy["digest"], policy["rules"]) == ("sha256:aaa", 7)  # the first worker's
+
+
+def test_a_worker_a_minute_ahead_keeps_the_window_to_its_length() -> None:
+    traffic = [("GPTBot", "ai-training", "blocked", False, "spoofed", "/a", False, "")]
+    merged = merge_status({"0": _worker_status(traffic, POLICY),
+                           "1": _worker_status(traffic, POLICY, minute=1)})
+    series = [m["minute"] for m in merged["per_minute"]]
+    assert series == [NOW + 60 * n for n in range(-2, 3)]
+    assert merged["crawlers"][0]["requests"] == 2
+
+
+def test_top_paths_are_cut_to_twenty_after_summing() -> None:
+    many = [("GPTBot", "ai-training", "blocked", False, "spoofed", f"/p{n}", False, "")
+            for n in range(15)]
+    others = [("GPTBot", "ai-training", "blocked", False, "spoofed", f"/q{n}", False, "")
+              for n in range(15)] + [many[0]] * 3
+    merged = merge_status({"0": _worker_status(many, POLICY),
+                           "1": _worker_status(others, POLICY)})
+    assert len(merged["top_paths"]) == 20
+    assert merged["top_paths"][0] == {"path": "/p0", "requests": 4, "crawlers": ["GPTBot"]}
