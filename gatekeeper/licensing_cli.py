@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import secrets
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from gatekeeper.errors import GatekeeperError
@@ -72,6 +74,12 @@ def add_parsers(sub: Any) -> None:
                         default="licensee",
                         help="owner: each content owner's share of the revenue of their pages")
     export.add_argument("--format", choices=["csv", "json"], default="csv")
+    export.add_argument("--output", metavar="FILE",
+                        help="write the export to FILE (complete or not at all) "
+                             "instead of standard output")
+    export.add_argument("--trim", action="store_true",
+                        help="with --from-store: once the export is written, remove the "
+                             "exported records from each replica's copy in Redis")
     dsub.add_parser("verify", help="check the hash chain (exit 1 when broken)")
     for p in dsub.choices.values():
         p.add_argument("--config", help="settings YAML file")
@@ -224,6 +232,9 @@ def _ledger(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.from_store:
         return asyncio.run(_ledger_from_store(args, settings))
+    if getattr(args, "trim", False):
+        raise GatekeeperError("--trim trims the copy in the Redis store: use it with "
+                              "--from-store (the ledger files are never trimmed)")
     # ledger.jsonl, and ledger-<worker>.jsonl for each worker of `run --workers N`.
     paths = sorted(settings.state_path().glob("ledger*.jsonl"))
     if not paths:
@@ -253,8 +264,34 @@ def _ledger(args: argparse.Namespace, settings: Settings) -> int:
         rows = with_shares(aggregate(records, "section"), shares)
     else:
         rows = aggregate(records, by)
-    sys.stdout.write(to_csv(rows) if args.format == "csv" else to_json(rows) + "\n")
+    _write_export(to_csv(rows) if args.format == "csv" else to_json(rows) + "\n", args.output)
     return 0
+
+
+def _write_export(text: str, output: str | None) -> None:
+    """Write the export to `output` (a temporary file synced, then renamed over it, so
+    the file is whole or absent) or to standard output; raises `GatekeeperError` when
+    it could not be written, which is what `--trim` waits for."""
+    if output is None:
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except OSError as exc:
+            raise GatekeeperError(f"cannot write the export to standard output: "
+                                  f"{exc.strerror or exc}") from exc
+        return
+    target = Path(output)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        with partial.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        partial.replace(target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise GatekeeperError(f"--output: cannot write {target}: {exc.strerror or exc}") \
+            from exc
 
 
 def _iso(when: float) -> str:
@@ -274,7 +311,7 @@ async def _revoke_in_store(settings: Settings, token_id: str, expires: float) ->
 async def _ledger_from_store(args: argparse.Namespace, settings: Settings) -> int:
     """`ledger export|verify --from-store`: the copies of every replica's ledger."""
     from gatekeeper.ledger.export import By, aggregate, parse_bound, to_csv, to_json
-    from gatekeeper.ledger.mirror import read_store, verify_store
+    from gatekeeper.ledger.mirror import in_window, read_copies, trim_exported, verify_store
     from gatekeeper.store.redis import RedisStore
 
     if settings.store != "redis":
@@ -289,7 +326,9 @@ async def _ledger_from_store(args: argparse.Namespace, settings: Settings) -> in
             for key, result in results.items():
                 state = "ok" if result.ok else f"broken at record {result.first_bad_seq}: " \
                     f"{result.reason}: {result.detail}"
-                print(f"{key}: {state}, {result.records} records")
+                trimmed = f" (after record {result.start_seq}, where it was trimmed)" \
+                    if result.start_seq else ""
+                print(f"{key}: {state}, {result.records} records{trimmed}")
             return 0 if all(r.ok for r in results.values()) else 1
         since = parse_bound(args.since) if args.since else None
         until = parse_bound(args.until) if args.until else None
@@ -297,9 +336,25 @@ async def _ledger_from_store(args: argparse.Namespace, settings: Settings) -> in
         if by == "owner":
             raise GatekeeperError("--by owner reads this host's owners: export without "
                                   "--from-store")
-        rows = aggregate(await read_store(store.client, settings.redis_prefix, since, until),
-                         by)
-        sys.stdout.write(to_csv(rows) if args.format == "csv" else to_json(rows) + "\n")
+        copies = await read_copies(store.client, settings.redis_prefix)
+        if args.trim:
+            # Trimming removes the copy's evidence: only from a chain that verifies.
+            broken = [(c.key, r) for c in copies if not (r := c.verify()).ok]
+            if broken:
+                raise GatekeeperError("nothing exported or trimmed: " + "; ".join(
+                    f"{key} is broken at record {r.first_bad_seq} ({r.reason}: {r.detail})"
+                    for key, r in broken) + "; see `gatekeeper ledger verify --from-store`")
+        records = [c.record for copy in copies for c in copy.records()
+                   if in_window(c.record, since, until)]
+        rows = aggregate(records, by)
+        _write_export(to_csv(rows) if args.format == "csv" else to_json(rows) + "\n",
+                      args.output)
+        if args.trim:
+            # Only now that the export is written; on stderr, so stdout stays the export.
+            for key, removed, kept in await trim_exported(
+                    store.client, copies, since, until, settings.redis_prefix):
+                print(f"{key}: trimmed {removed} exported records, kept {kept}",
+                      file=sys.stderr)
         return 0
     finally:
         await store.close()

@@ -39,6 +39,9 @@ class Settings:
     store: StoreKind = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "gk:"
+    # Names this replica's ledger stream in Redis (`{prefix}ledger:<name>:<file>`);
+    # empty: the hostname. Keep it stable across restarts (docs/redis-store.md).
+    replica_name: str = ""
     store_timeout: float = 0.25  # seconds a store call may take before its fallback
     rate_limit_fallback: RateLimitFallback = "local"  # store down: per-process buckets, or open
     # Behaviour windows in the configured store ("shared"), or in each process

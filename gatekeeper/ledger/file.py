@@ -71,6 +71,8 @@ class VerifyResult:
     values to compare with an anchor kept elsewhere. `incomplete_tail` is true when
     the file ends in a line without its newline (a write in progress, or a crash
     the next writer will trim); that line is not counted and is not a failure.
+    `start_seq` is the record the checked lines continue from (0: the chain's start;
+    more for a copy whose older records were trimmed after an export).
     """
 
     ok: bool
@@ -81,6 +83,7 @@ class VerifyResult:
     last_seq: int
     last_hash: str
     incomplete_tail: bool = False
+    start_seq: int = 0
 
 
 class FileLedger:
@@ -410,10 +413,15 @@ def verify(path: Path, *, anchor: tuple[int, str] | None = None) -> VerifyResult
         raise LedgerError(f"cannot read ledger {path}: {exc.strerror or exc}") from exc
 
 
-def verify_lines(lines: Iterable[bytes], *,
-                 anchor: tuple[int, str] | None = None) -> VerifyResult:
-    """`verify` over ledger lines from anywhere (a file, a copy in the store)."""
-    check = _Checker(anchor)
+def verify_lines(lines: Iterable[bytes], *, anchor: tuple[int, str] | None = None,
+                 start: tuple[int, str] | None = None) -> VerifyResult:
+    """`verify` over ledger lines from anywhere (a file, a copy in the store).
+
+    `start`, the (seq, hash) of the last record cut off before these lines (a copy
+    trimmed after an export), is where the chain must continue: the first line is
+    record seq + 1 and links to that hash.
+    """
+    check = _Checker(anchor, start)
     source = iter(lines)
     for raw in source:
         if not raw.endswith(b"\n"):
@@ -427,11 +435,14 @@ def verify_lines(lines: Iterable[bytes], *,
 class _Checker:
     """The running state of `verify`: the next seq and hash the chain expects."""
 
-    def __init__(self, anchor: tuple[int, str] | None) -> None:
+    def __init__(self, anchor: tuple[int, str] | None,
+                 start: tuple[int, str] | None = None) -> None:
         self.anchor = anchor
         self.anchor_seen: str | None = None
-        self.expected = 1
-        self.prev = GENESIS
+        self.start_seq, self.prev = start if start is not None else (0, GENESIS)
+        if self.anchor is not None and self.anchor[0] == self.start_seq:
+            self.anchor_seen = self.prev
+        self.expected = self.start_seq + 1
         self.incomplete_tail = False
         self.failure: tuple[int, Reason, str] | None = None
         self.gap_to: int | None = None  # on a seq jump: the seq found instead
@@ -449,6 +460,10 @@ class _Checker:
         if got.seq == self.expected and got.prev != self.prev:
             if self.expected == 1:
                 return self._fail(1, "edited", "record 1 does not start the chain")
+            if self.expected == self.start_seq + 1:
+                return self._fail(got.seq, "edited",
+                                  f"record {got.seq} does not continue from record "
+                                  f"{self.start_seq}, where the copy was trimmed")
             # This record is intact, so the one before it changed and was re-hashed.
             bad = self.expected - 1
             return self._fail(bad, "edited",
@@ -492,21 +507,23 @@ class _Checker:
                     ok=False, first_bad=last + 1, reason="truncated",
                     detail=f"the anchor names record {a_seq} but the ledger ends at {last}",
                 )
-            if a_seq >= 1 and self.anchor_seen != a_hash:
+            # An anchor on a record trimmed before `start` cannot be checked here.
+            if a_seq >= max(1, self.start_seq) and self.anchor_seen != a_hash:
                 return self._result(
                     ok=False, first_bad=a_seq, reason="edited",
                     detail=f"record {a_seq} no longer has the anchored hash: the chain "
                     "was rewritten from there or earlier",
                 )
-        return self._result(ok=True, first_bad=None, reason=None, detail=f"{last} records")
+        return self._result(ok=True, first_bad=None, reason=None,
+                            detail=f"{last - self.start_seq} records")
 
     def _result(
         self, *, ok: bool, first_bad: int | None, reason: Reason | None, detail: str
     ) -> VerifyResult:
         return VerifyResult(
-            ok=ok, records=self.expected - 1, first_bad_seq=first_bad, reason=reason,
-            detail=detail, last_seq=self.expected - 1, last_hash=self.prev,
-            incomplete_tail=self.incomplete_tail,
+            ok=ok, records=self.expected - 1 - self.start_seq, first_bad_seq=first_bad,
+            reason=reason, detail=detail, last_seq=self.expected - 1, last_hash=self.prev,
+            incomplete_tail=self.incomplete_tail, start_seq=self.start_seq,
         )
 
 

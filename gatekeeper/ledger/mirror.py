@@ -3,16 +3,26 @@
 Each replica (and each worker) writes its own hash-chained, fsync'd ledger file
 (`gatekeeper.ledger.file`): that file stays the record of truth, so a Redis outage
 loses nothing. `LedgerMirror` copies its complete lines, byte for byte, into one
-Redis stream per file (`{prefix}ledger:{source}`, `source` naming the host and file),
-in order, shortly after they are written; when Redis cannot be reached it keeps its
-place and catches up from the file once Redis is back. On start it asks the stream
-for the last copied seq and continues after it, so a restart neither skips nor
-repeats a line.
+Redis stream per file (`{prefix}ledger:{source}`, `source` naming the replica and
+file), in order, shortly after they are written; when Redis cannot be reached it
+keeps its place and catches up from the file once Redis is back. On start it asks
+the stream for the last copied record and continues after it, so a restart neither
+skips nor repeats a line.
 
 Every copy is verifiable on its own: the lines carry the same chain as the file
 (`verify_lines`), and `gatekeeper ledger export --from-store` aggregates every
-replica's records from one place. The streams are the ledger, so they do not expire;
-trimming them after an export is the operator's decision.
+replica's records from one place. The streams are the ledger, so they neither
+expire nor have a length cap: they shrink only when `ledger export --from-store
+--trim` has written an export, which trims each stream up to its last exported
+record (`trim`). The (seq, hash) of that record is kept as the stream's trim
+anchor (`{prefix}ledger-anchor:{source}`), where the rest of the chain continues:
+`verify_store` checks the remaining lines from there, and a mirror whose stream was
+trimmed empty continues after it.
+
+A stream belongs to one chain. A replica whose name is kept (`replica_name`, a
+StatefulSet's hostname) but whose ledger file was lost starts a new chain under an
+old name; its copy then goes to a stream of its own, `{source}~{first hash}`,
+rather than being mixed into (or skipped against) the old one.
 """
 
 from __future__ import annotations
@@ -20,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,26 +39,67 @@ import redis.asyncio
 from redis.exceptions import RedisError
 
 from gatekeeper.ledger.file import VerifyResult, verify_lines
-from gatekeeper.ledger.record import UsageRecord, parse_line
+from gatekeeper.ledger.record import ChainedRecord, LedgerError, UsageRecord, parse_line
 from gatekeeper.observe import logging as gk_logging
 
 STREAM: Final = "ledger:"
+ANCHOR: Final = "ledger-anchor:"
 _BATCH: Final = 500
+_CHAIN_ID: Final = 16  # hex digits of the first record's hash naming a new chain's stream
 _log = gk_logging.get_logger("gatekeeper.ledger")
 
+# Trim a stream through one exported entry and move its anchor there, atomically.
+# Nothing happens unless that entry still holds the line that was exported (the
+# stream was not rebuilt meanwhile) and the anchor is not already further on (a
+# concurrent export trimmed more). XTRIM MINID keeps entries from ARGV[5], the id
+# right after the exported one, so lines copied since the export stay.
+_TRIM = """
+local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #entry == 0 then return -1 end
+local fields, line = entry[1][2], nil
+for i = 1, #fields, 2 do
+  if fields[i] == 'line' then line = fields[i + 1] end
+end
+if line ~= ARGV[4] then return -1 end
+local known = redis.call('HGET', KEYS[2], 'seq')
+if known and tonumber(known) >= tonumber(ARGV[2]) then return -2 end
+redis.call('HSET', KEYS[2], 'seq', ARGV[2], 'hash', ARGV[3])
+return redis.call('XTRIM', KEYS[1], 'MINID', ARGV[5])
+"""
 
-def source_name(path: Path) -> str:
-    """This host and ledger file: stable across restarts, distinct across replicas
-    (and across processes of one host, whose state directories differ)."""
-    return f"{socket.gethostname()}:{path.resolve()}"
+
+class LedgerMirrorConflict(LedgerError):
+    """The stream this ledger file would be copied into holds another chain."""
+
+
+class TrimRefused(LedgerError):
+    """A stream changed between its export and its trim; nothing was trimmed."""
+
+
+def source_name(path: Path, replica: str = "") -> str:
+    """This replica and ledger file: stable across restarts, distinct across replicas
+    (and across processes of one host, whose state directories differ). The replica
+    is `replica` when given (the `replica_name` setting), else the hostname."""
+    return f"{replica or socket.gethostname()}:{path.resolve()}"
+
+
+def anchor_key(key: str, prefix: str = "gk:") -> str:
+    """The trim anchor of stream `key`: a hash with the `seq` and `hash` of the last
+    record trimmed from it."""
+    if not key.startswith(prefix + STREAM):
+        raise LedgerError(f"{key!r} is not a ledger stream under prefix {prefix!r}")
+    return prefix + ANCHOR + key[len(prefix + STREAM):]
 
 
 class LedgerMirror:
     def __init__(self, client: redis.asyncio.Redis, path: Path, *, prefix: str = "gk:",
-                 source: str | None = None, interval: float = 0.5) -> None:
+                 source: str | None = None, replica: str = "",
+                 interval: float = 0.5) -> None:
         self._client = client
         self._path = path
-        self._key = f"{prefix}{STREAM}{source or source_name(path)}"
+        self._prefix = prefix
+        self._base = f"{prefix}{STREAM}{source or source_name(path, replica)}"
+        self._key = self._base
         self._interval = interval
         self._offset = 0  # bytes of the file copied (or found copied) so far
         self._copied_seq: int | None = None  # None: not yet asked of the stream
@@ -56,6 +108,7 @@ class LedgerMirror:
 
     @property
     def key(self) -> str:
+        """The stream this file is copied into (known for sure after the first sync)."""
         return self._key
 
     def start(self) -> None:
@@ -67,31 +120,60 @@ class LedgerMirror:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+        with contextlib.suppress(RedisError, OSError, TimeoutError, LedgerMirrorConflict):
             await self.sync()
 
     async def sync(self) -> int:
-        """Copy the file's complete lines not yet in the stream; how many were copied."""
+        """Copy the file's complete lines not yet in the stream; how many were copied.
+
+        Raises `LedgerMirrorConflict` when neither this file's stream nor its
+        new-chain stream continues this file's chain (someone rewrote them).
+        """
+        resume: tuple[int, str] | None = None
         if self._copied_seq is None:
             # Rescan the file from its start: the stream may hold less than this process
             # copied (a Redis restarted without its data), and must stay one chain.
-            self._copied_seq = await self._last_seq_in_stream()
+            resume = await self._resume_point()
+            self._copied_seq = resume[0] if resume is not None else 0
             self._offset = 0
         copied = 0
         last = self._copied_seq
         batch: list[tuple[int, bytes]] = []
-        for end, seq, line in self._new_lines():
-            if seq <= self._copied_seq:
+        for end, chained, line in self._new_lines():
+            if chained.seq <= self._copied_seq:
+                if resume is not None and chained.seq == resume[0]:
+                    if chained.hash != resume[1]:
+                        return await self._another_chain()
+                    resume = None
                 self._offset = end
                 continue
             batch.append((end, line))
             if len(batch) >= _BATCH:
-                copied += await self._send(batch, seq)
+                copied += await self._send(batch, chained.seq)
                 batch = []
-            last = seq
+            last = chained.seq
+        if resume is not None:
+            # The stream goes further than this file: the file started a new chain.
+            return await self._another_chain()
         if batch:
             copied += await self._send(batch, last)
         return copied
+
+    async def _another_chain(self) -> int:
+        first = next(self._new_lines_from(0), None)
+        self._copied_seq = None
+        if first is None:
+            return 0  # a new, still empty file: its chain has no name yet
+        if self._key != self._base:
+            raise LedgerMirrorConflict(
+                f"the ledger copy {self._key} does not continue {self._path}'s chain; "
+                "run `gatekeeper ledger verify --from-store` and check both")
+        self._key = f"{self._base}~{first[1].hash[:_CHAIN_ID]}"
+        _log.warning("ledger_mirror_new_chain", path=str(self._path), stream=self._key,
+                     previous=self._base,
+                     reason="the stream holds records this ledger file does not: a new "
+                            "file under a name kept from before")
+        return await self.sync()
 
     async def _send(self, batch: list[tuple[int, bytes]], seq: int) -> int:
         async with self._client.pipeline(transaction=True) as pipe:
@@ -102,28 +184,33 @@ class LedgerMirror:
         self._copied_seq = seq
         return len(batch)
 
-    def _new_lines(self) -> Iterator[tuple[int, int, bytes]]:
-        """(offset after it, seq, line) for each complete line after `_offset`."""
+    def _new_lines(self) -> Iterator[tuple[int, ChainedRecord, bytes]]:
+        return self._new_lines_from(self._offset)
+
+    def _new_lines_from(self, offset: int) -> Iterator[tuple[int, ChainedRecord, bytes]]:
+        """(offset after it, the parsed line, the line) for each complete line after
+        `offset`."""
         try:
             f = self._path.open("rb")
         except FileNotFoundError:
             return
         with f:
-            f.seek(self._offset)
-            position = self._offset
+            f.seek(offset)
+            position = offset
             for line in f:
                 if not line.endswith(b"\n"):
                     return  # a write in progress
                 position += len(line)
-                yield position, parse_line(line).seq, line
+                yield position, parse_line(line), line
 
-    async def _last_seq_in_stream(self) -> int:
+    async def _resume_point(self) -> tuple[int, str] | None:
+        """The (seq, hash) the stream ends at: its last line, or, trimmed empty, its
+        anchor; None for a stream that holds nothing."""
         last: Any = await self._client.xrevrange(self._key, count=1)
-        if not last:
-            return 0
-        fields = last[0][1]
-        line = fields.get(b"line", fields.get("line"))
-        return parse_line(line if isinstance(line, bytes) else str(line).encode()).seq
+        if last:
+            chained = parse_line(_line(last[0][1]))
+            return chained.seq, chained.hash
+        return await read_anchor(self._client, anchor_key(self._key, self._prefix))
 
     async def _run(self) -> None:
         while True:
@@ -134,26 +221,83 @@ class LedgerMirror:
                 self.failures += 1
                 self._copied_seq = None
                 _log.warning("ledger_mirror_behind", stream=self._key, error=str(exc))
+            except LedgerMirrorConflict as exc:
+                self.failures += 1
+                _log.error("ledger_mirror_conflict", stream=self._key, error=str(exc))
             await asyncio.sleep(self._interval)
 
 
+def _line(fields: Any) -> bytes:
+    line = fields.get(b"line", fields.get("line"))
+    return line if isinstance(line, bytes) else str(line).encode()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def read_anchor(client: redis.asyncio.Redis, key: str) -> tuple[int, str] | None:
+    """The (seq, hash) stored under trim anchor `key`, or None."""
+    raw: Any = await client.hgetall(key)
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    if not fields:
+        return None
+    try:
+        return int(fields["seq"]), fields["hash"]
+    except (KeyError, ValueError) as exc:
+        raise LedgerError(f"the trim anchor {key} is not a seq and a hash: {fields}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class StreamCopy:
+    """One stream as read: its entries (id, line) in order, and where they continue
+    from (`start`: the trim anchor's seq and hash; None for an untrimmed stream)."""
+
+    key: str
+    start: tuple[int, str] | None
+    entries: Sequence[tuple[str, bytes]]
+
+    @property
+    def lines(self) -> list[bytes]:
+        return [line for _, line in self.entries]
+
+    def verify(self) -> VerifyResult:
+        return verify_lines(self.lines, start=self.start)
+
+    def records(self) -> list[ChainedRecord]:
+        return [parse_line(line) for _, line in self.entries]
+
+
 async def streams(client: redis.asyncio.Redis, prefix: str = "gk:") -> list[str]:
-    keys = [key.decode() if isinstance(key, bytes) else str(key)
-            async for key in client.scan_iter(match=f"{prefix}{STREAM}*")]
+    keys = [_text(key) async for key in client.scan_iter(match=f"{prefix}{STREAM}*")]
     return sorted(keys)
 
 
-async def stream_lines(client: redis.asyncio.Redis, key: str) -> list[bytes]:
-    out: list[bytes] = []
+async def stream_entries(client: redis.asyncio.Redis, key: str) -> list[tuple[str, bytes]]:
+    out: list[tuple[str, bytes]] = []
     start = "-"
     while True:
         entries: Any = await client.xrange(key, min=start, count=1000)
         for entry_id, fields in entries:
-            line = fields.get(b"line", fields.get("line"))
-            out.append(line if isinstance(line, bytes) else str(line).encode())
-            start = "(" + (entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
+            out.append((_text(entry_id), _line(fields)))
+            start = "(" + _text(entry_id)
         if len(entries) < 1000:
             return out
+
+
+async def stream_lines(client: redis.asyncio.Redis, key: str) -> list[bytes]:
+    return [line for _, line in await stream_entries(client, key)]
+
+
+async def read_copies(client: redis.asyncio.Redis, prefix: str = "gk:") -> list[StreamCopy]:
+    """Every replica's stream, with its trim anchor."""
+    return [StreamCopy(key, await read_anchor(client, anchor_key(key, prefix)),
+                       await stream_entries(client, key))
+            for key in await streams(client, prefix)]
+
+
+def in_window(record: UsageRecord, since: float | None, until: float | None) -> bool:
+    return (since is None or record.time >= since) and (until is None or record.time < until)
 
 
 async def read_store(client: redis.asyncio.Redis, prefix: str = "gk:",
@@ -164,13 +308,60 @@ async def read_store(client: redis.asyncio.Redis, prefix: str = "gk:",
     for key in await streams(client, prefix):
         for line in await stream_lines(client, key):
             record = parse_line(line).record
-            if (since is None or record.time >= since) and (until is None or record.time < until):
+            if in_window(record, since, until):
                 records.append(record)
     return records
 
 
 async def verify_store(client: redis.asyncio.Redis,
                        prefix: str = "gk:") -> dict[str, VerifyResult]:
-    return {key: verify_lines(await stream_lines(client, key))
-            for key in await streams(client, prefix)}
+    return {copy.key: copy.verify() for copy in await read_copies(client, prefix)}
 
+
+def exported_prefix(copy: StreamCopy, since: float | None, until: float | None) -> int:
+    """How many of the stream's first entries an export with this window contains:
+    the most a trim after it may remove (one record outside the window, and every
+    later one stays, even where later ones were exported)."""
+    count = 0
+    for chained in copy.records():
+        if not in_window(chained.record, since, until):
+            break
+        count += 1
+    return count
+
+
+async def trim(client: redis.asyncio.Redis, copy: StreamCopy, count: int,
+               prefix: str = "gk:") -> int:
+    """Remove the first `count` entries of `copy` from its stream, keeping the last of
+    them as the trim anchor; how many were removed.
+
+    Raises `TrimRefused` when the stream no longer holds that entry as read (it was
+    rebuilt, say by a Redis that lost its data) and nothing is removed then; a stream
+    already trimmed further by someone else is left as it is (0).
+    """
+    if count <= 0:
+        return 0
+    entry_id, line = copy.entries[count - 1]
+    chained = parse_line(line)
+    millis, _, n = entry_id.partition("-")
+    after = f"{millis}-{int(n) + 1}"
+    removed: Any = await client.eval(
+        _TRIM, 2, copy.key, anchor_key(copy.key, prefix),
+        entry_id, str(chained.seq), chained.hash, line, after)
+    if removed == -1:
+        raise TrimRefused(f"{copy.key} changed after it was exported (entry {entry_id} no "
+                          f"longer holds record {chained.seq}); not trimmed: export again")
+    return max(int(removed), 0)
+
+
+async def trim_exported(client: redis.asyncio.Redis, copies: Sequence[StreamCopy],
+                        since: float | None, until: float | None,
+                        prefix: str = "gk:") -> list[tuple[str, int, int]]:
+    """Trim each copy by what an export of `since <= time < until` holds (call it once
+    that export is written): (stream, records removed, records kept) for each."""
+    done = []
+    for copy in copies:
+        count = exported_prefix(copy, since, until)
+        done.append((copy.key, await trim(client, copy, count, prefix),
+                     len(copy.entries) - count))
+    return done

@@ -203,10 +203,11 @@ async def test_paused_store_costs_a_request_its_store_timeout_not_the_pause(
         finally:
             client.close()
         paused_at = time.monotonic()
+        retry: list[str] = []
 
         async def timed(target: str, headers: dict[str, str], source: str) -> tuple[int, float]:
             started = time.monotonic()
-            status = await _status(gate, target, headers, source)
+            status = await _status(gate, target, headers, source, retry)
             return status, time.monotonic() - started
 
         results = await asyncio.gather(*(
@@ -221,6 +222,8 @@ async def test_paused_store_costs_a_request_its_store_timeout_not_the_pause(
         # All answered while Redis was still frozen: nobody waited for it.
         assert batch < pause_ms / 1000
         assert sorted({status for status, _ in results}) == [200, 403, 503]
+        # Every 503 (a licence that could not be checked) says when to come back.
+        assert retry == ["5"] * sum(status == 503 for status, _ in results)
         # A request makes at most a few store calls, each cut off at twice the
         # timeout (docs/redis-store.md); 1 s of slack for a busy machine.
         slowest = max(elapsed for _, elapsed in results)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from tests.integration.conftest import (
     StartGate,
     Upstream,
 )
+from tests.support.redis_server import RedisTestServer
 
 POLICY = """
 version: 1
@@ -108,6 +109,7 @@ StartAuth = Callable[..., Awaitable[Auth]]
 @pytest.fixture
 async def start_auth(upstream: Upstream, tmp_path: Path) -> AsyncIterator[StartAuth]:
     listeners: list[Listeners] = []
+    built: list[wiring.Components] = []
     gk_logging.configure("json", "warning", cache_loggers=False)
 
     async def start(policy: str | None = POLICY, *, cache_ttl: float = 5.0,
@@ -122,6 +124,7 @@ async def start_auth(upstream: Upstream, tmp_path: Path) -> AsyncIterator[StartA
             Settings(), upstream=upstream.url, policy=policy_file, listen="127.0.0.1:0",
             state_dir=str(tmp_path / "state"), ranges_refresh_interval=0, **overrides)
         c = wiring.build(settings, CollectorRegistry())
+        built.append(c)
         observer = CountingObserver(c.recorder)
         app = forward_auth_app(c, observer, cache_ttl=cache_ttl, path_prefix=path_prefix)
         lst = Listeners()
@@ -132,6 +135,8 @@ async def start_auth(upstream: Upstream, tmp_path: Path) -> AsyncIterator[StartA
     yield start
     for lst in listeners:
         await lst.stop()
+    for c in built:
+        await c.store.close()
 
 
 async def test_allowed_browser_gets_200_with_the_decision_in_headers(
@@ -252,6 +257,31 @@ async def test_licence_path_gets_402_with_the_rsl_body_never_cached(
     for name in ("WWW-Authenticate", "Link", "crawler-price", "Content-Type"):
         assert answer.headers[name] == proxied_headers[name]
     assert answer.cache_hint() == NOT_CACHED
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisTestServer]:
+    with RedisTestServer() as server:
+        yield server
+
+
+async def test_nothing_decided_while_the_store_fails_is_cacheable(
+    start_auth: StartAuth, redis_server: RedisTestServer,
+) -> None:
+    auth = await start_auth(store="redis", redis_url=redis_server.url)
+    assert (await auth.ask("/page", AHREFS)).cache_hint() == CACHED
+    assert (await auth.ask("/page", GPTBOT)).cache_hint() == CACHED
+    redis_server.stop()
+    # The same decisions, but each was reached on a fallback (the client's behaviour
+    # window, the refusal note): nginx must ask again rather than keep it for 5 s.
+    allowed = await auth.ask("/page", AHREFS)
+    assert (allowed.status, allowed.cache_hint()) == (200, NOT_CACHED)
+    blocked = await auth.ask("/page", GPTBOT, nginx=True)
+    assert (blocked.status, blocked.headers["X-Gatekeeper-Status"]) == (403, "403")
+    assert blocked.cache_hint() == NOT_CACHED
+    assert [o.store_fallback for o in auth.outcomes] == [False, False, True, True]
+    redis_server.start()
+    assert (await auth.ask("/page", AHREFS)).cache_hint() == CACHED
 
 
 async def test_untrusted_peer_is_refused(start_auth: StartAuth) -> None:

@@ -2,7 +2,9 @@
 
 Each front end runs the same gate (the same policy and settings) in front of a
 recording upstream, and the table is sent through it as raw HTTP/1.1. The test
-checks each answer against the table, then compares the front end with the
+checks each answer against the table (and the usage records a licensed case adds to
+the front end's ledger, in its own state directory, which holds the signing key and
+licensee the table's licence token is for), then compares the front end with the
 reference, the aiohttp proxy, on the same table: the same status codes, the same
 answers for what the gate answered itself, and the same requests at the upstream
 (method, target, headers, body).
@@ -31,7 +33,8 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,10 @@ from gatekeeper import wiring
 from gatekeeper.edge.forward_auth import forward_auth_app
 from gatekeeper.edge.server import Listeners
 from gatekeeper.edge.target import canonicalize
+from gatekeeper.ledger.file import FileLedger, read
+from gatekeeper.licensing.keys import Keyring
+from gatekeeper.licensing.licensees import Licensees
+from gatekeeper.licensing.tokens import LicenseClaims, issue_token
 from gatekeeper.settings import Settings
 from tests.integration.conftest import StartGate, Upstream
 from tests.integration.test_nginx_forward_auth import (
@@ -65,6 +72,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TABLE = yaml.safe_load((ROOT / "tests" / "vectors" / "frontends.yaml").read_text())
 CASES: list[dict[str, Any]] = TABLE["cases"]
 MITM_SCRIPT = ROOT / "gatekeeper" / "edge" / "mitm.py"
+TOKEN_PLACEHOLDER = "{licence_token}"
 # Headers the HTTP stacks set on their own; they say nothing about the gate.
 STACK_HEADERS = frozenset({"date", "server", "connection", "keep-alive"})
 START_TIMEOUT = 60.0
@@ -109,21 +117,30 @@ class Exchange:
     answers: list[Answer] = field(default_factory=list)
     upstream: list[Seen] = field(default_factory=list)
     upstream_bodies: list[bytes] = field(default_factory=list)
+    ledger: list[dict[str, Any]] = field(default_factory=list)  # the records it added
 
 
 # -- the front ends -----------------------------------------------------------------
 
 
-def aiohttp_proxy(start_gatekeeper: StartGate) -> Launch:
+@pytest.fixture
+async def aiohttp_proxy(start_gatekeeper: StartGate) -> AsyncIterator[Launch]:
+    """The proxy in-process (`start_gatekeeper`), with its usage ledger open in its state
+    directory, as `gatekeeper run` has it; the ledgers are closed at teardown."""
+    ledgers: list[FileLedger] = []
+
     async def launch(setup: Setup) -> int:
         settings = Settings().with_overrides(
             {**setup.settings, "state_dir": str(setup.state_dir)}, "frontends.yaml")
         overrides = {name: getattr(settings, name) for name in
                      (*setup.settings, "state_dir")}
         gk = await start_gatekeeper(setup.upstream.url, setup.policy.read_text(), **overrides)
+        ledgers.append(await wiring.open_ledger(gk.components))
         return gk.port
 
-    return launch
+    yield launch
+    for ledger in ledgers:
+        await ledger.close()
 
 
 def mitmdump_executable() -> str:
@@ -150,7 +167,7 @@ def mitmdump_executable() -> str:
 @pytest.fixture
 def mitmdump(tmp_path: Path) -> Iterator[Launch]:
     """Starts `mitmdump -s gatekeeper/edge/mitm.py --mode reverse:<upstream>`; each in its
-    own state directory, each killed at teardown."""
+    own state directory, each stopped at teardown."""
     procs: list[subprocess.Popen[bytes]] = []
 
     async def launch(setup: Setup) -> int:
@@ -175,9 +192,9 @@ def mitmdump(tmp_path: Path) -> Iterator[Launch]:
                "GATEKEEPER_LOG_LEVEL": "warning"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), env.get("PYTHONPATH"))))
         log = run / "output.log"
-        proc = _spawn(args, env, run, log)
+        proc = spawn(args, env, run, log)
         procs.append(proc)
-        await _wait_listening(port, proc, log)
+        await wait_listening(port, proc, log)
         return port
 
     yield launch
@@ -191,13 +208,13 @@ def mitmdump(tmp_path: Path) -> Iterator[Launch]:
             proc.wait()
 
 
-def _spawn(args: list[str], env: dict[str, str], cwd: Path,
-           log: Path) -> subprocess.Popen[bytes]:
+def spawn(args: list[str], env: dict[str, str], cwd: Path,
+          log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
 
 
-def _fail(message: str, log: Path) -> None:
+def fail_with_log(message: str, log: Path) -> None:
     pytest.fail(f"{message}; its output:\n{log.read_text(errors='replace')}", pytrace=False)
 
 
@@ -208,17 +225,19 @@ def _free_port() -> int:
         return port
 
 
-async def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+async def wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Until something listens on `port`; fails with the process's output if it exits
+    or does not listen within START_TIMEOUT."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_TIMEOUT
     while True:
         if proc.poll() is not None:
-            _fail(f"mitmdump exited with {proc.returncode}", log)
+            fail_with_log(f"mitmdump exited with {proc.returncode}", log)
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
         except OSError:
             if loop.time() > deadline:
-                _fail(f"mitmdump did not listen on {port}", log)
+                fail_with_log(f"mitmdump did not listen on {port}", log)
             await asyncio.sleep(0.1)
             continue
         writer.close()
@@ -232,7 +251,7 @@ async def nginx(tmp_path: Path) -> AsyncIterator[Launch]:
     directory replaced) in front of `setup.upstream`, asking Gatekeeper's forward-auth
     endpoint, started in-process with the table's settings and policy. Both are stopped
     at teardown."""
-    started: list[tuple[asyncio.subprocess.Process, Listeners]] = []
+    started: list[tuple[asyncio.subprocess.Process, Listeners, FileLedger]] = []
 
     async def launch(setup: Setup) -> int:
         executable = find_nginx()
@@ -243,6 +262,7 @@ async def nginx(tmp_path: Path) -> AsyncIterator[Launch]:
         assert any(ipaddress.ip_address("127.0.0.1") in ipaddress.ip_network(cidr)
                    for cidr in settings.trusted_proxies), settings.trusted_proxies
         c = wiring.build(settings, CollectorRegistry())
+        ledger = await wiring.open_ledger(c)  # as `gatekeeper run --mode forward-auth`
         listeners = Listeners()
         gk_port = await listeners.start(forward_auth_app(c), "127.0.0.1:0", settings)
         workdir = tmp_path / f"nginx-{len(started)}"
@@ -266,21 +286,20 @@ async def nginx(tmp_path: Path) -> AsyncIterator[Launch]:
             executable, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf),
             "-g", "daemon off;",
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        started.append((proc, listeners))
+        started.append((proc, listeners, ledger))
         await wait_for_port(port, proc, workdir)
         return port
 
     yield launch
-    for proc, listeners in started:
+    for proc, listeners, ledger in started:
         await stop_nginx(proc)
         await listeners.stop()
+        await ledger.close()
 
 
 @pytest.fixture
-def front_ends(start_gatekeeper: StartGate, mitmdump: Launch,
-               nginx: Launch) -> dict[str, Launch]:
-    return {"aiohttp-proxy": aiohttp_proxy(start_gatekeeper), "mitmproxy": mitmdump,
-            "nginx": nginx}
+def front_ends(aiohttp_proxy: Launch, mitmdump: Launch, nginx: Launch) -> dict[str, Launch]:
+    return {"aiohttp-proxy": aiohttp_proxy, "mitmproxy": mitmdump, "nginx": nginx}
 
 
 FRONT_ENDS = ("aiohttp-proxy", "mitmproxy", "nginx")
@@ -304,14 +323,20 @@ async def test_front_end_answers_the_table(
     host, port = dns.address
     settings = {**TABLE["settings"], "dns_servers": [f"{host}:{port}"],
                 "ranges_cache_dir": str(tmp_path / "ranges-cache")}
+    licensing = tmp_path / "licensing"
+    cases = with_token(CASES, licensing_state(licensing))
 
     async def run(name: str) -> dict[str, Exchange]:
-        setup = Setup(upstream, ROOT / TABLE["policy"], settings, tmp_path / f"state-{name}")
+        state = tmp_path / f"state-{name}"
+        shutil.copytree(licensing, state)  # the same key and licensee for every front end
+        setup = Setup(upstream, ROOT / TABLE["policy"], settings, state)
         listening = await front_ends[name](setup)
-        return await run_table(listening, upstream)
+        exchanges = await run_table(listening, upstream, cases)
+        await read_ledger(state, cases, exchanges, front_end)
+        return exchanges
 
     got = await run(front_end)
-    for case in CASES:
+    for case in cases:
         check_case(case, got[case["name"]], front_end)
     if front_end == REFERENCE:
         return
@@ -319,7 +344,7 @@ async def test_front_end_answers_the_table(
     upstream.robots_fetches.clear()
     reference = await run(REFERENCE)
     compare = COMPARABLE.get(front_end, unchanged)
-    for case in CASES:
+    for case in cases:
         name = case["name"]
         if front_end in case.get("front_ends", {}):
             continue  # answered otherwise by design: checked against its own expectation
@@ -327,9 +352,57 @@ async def test_front_end_answers_the_table(
             f"{front_end} and {REFERENCE} differ on {name!r}"
 
 
-async def run_table(port: int, upstream: Upstream) -> dict[str, Exchange]:
+def licensing_state(directory: Path) -> str:
+    """A state directory's licensing part: a signing key and licensee `acme` (GPTBot,
+    ai-train-standard), as `gatekeeper keys generate` and `licensee add` make them; and
+    a token for `acme`, as `gatekeeper token issue` would issue it."""
+    Keyring.generate(directory / "keys")
+    Licensees(directory / "licensees.json").add("acme", "Acme", "GPTBot", ["ai-train-standard"])
+    now = time.time()
+    host = TABLE["host"]
+    return issue_token(LicenseClaims(
+        issuer=f"https://{host}", audience=(host,), subject="acme", crawler="GPTBot",
+        crawler_key=None, license="ai-train-standard", usages=("ai-train",), paths=(),
+        not_before=now - 60, expires=now + 3600, token_id="frontends-token",
+    ), Keyring.load(directory / "keys").active_signing_key())
+
+
+def with_token(cases: list[dict[str, Any]], token: str) -> list[dict[str, Any]]:
+    """The table with the licence token in place of `{licence_token}`."""
+    return [{**case, "headers": {k: v.replace(TOKEN_PLACEHOLDER, token)
+                                 for k, v in case["headers"].items()}}
+            if "headers" in case else case for case in cases]
+
+
+def expectation(case: dict[str, Any], front_end: str) -> dict[str, Any]:
+    expect: dict[str, Any] = case.get("front_ends", {}).get(front_end, case["expect"])
+    return expect
+
+
+async def read_ledger(state: Path, cases: list[dict[str, Any]],
+                      exchanges: dict[str, Exchange], front_end: str) -> None:
+    """Each case's records from the front end's ledger file: the table's expectations
+    in order, waited for while the ledger's writer flushes (every 0.5 s)."""
+    wanted = [case["name"] for case in cases
+              for _ in expectation(case, front_end).get("ledger", [])]
+    path = state / "ledger.jsonl"
+    deadline = time.monotonic() + 10
+    records = []
+    while time.monotonic() < deadline:
+        records = list(read(path)) if path.exists() else []
+        if len(records) >= len(wanted):
+            break
+        await asyncio.sleep(0.1)
+    for name, record in zip(wanted, records, strict=False):
+        exchanges[name].ledger.append(dataclasses.asdict(record))
+    # Nothing else is licensed in the table: no record may go unaccounted for.
+    assert len(records) <= len(wanted), (front_end, records[len(wanted):])
+
+
+async def run_table(port: int, upstream: Upstream,
+                    cases: list[dict[str, Any]]) -> dict[str, Exchange]:
     out: dict[str, Exchange] = {}
-    for case in CASES:
+    for case in cases:
         exchange = Exchange()
         before = len(upstream.seen)
         for _ in range(case.get("repeat", 1)):
@@ -343,7 +416,7 @@ async def run_table(port: int, upstream: Upstream) -> dict[str, Exchange]:
 
 
 def check_case(case: dict[str, Any], got: Exchange, front_end: str) -> None:
-    expect = case.get("front_ends", {}).get(front_end, case["expect"])
+    expect = expectation(case, front_end)
     name = case["name"]
     statuses = expect["status"] if isinstance(expect["status"], list) else [expect["status"]]
     assert [a.status for a in got.answers] == statuses, name
@@ -381,6 +454,10 @@ def check_case(case: dict[str, Any], got: Exchange, front_end: str) -> None:
         if front_end == "nginx":
             # What Gatekeeper decided reaches the origin, set by nginx.
             assert {"x-gatekeeper-action", "x-gatekeeper-rule"} <= headers.keys(), name
+    records = expect.get("ledger", [])
+    assert len(got.ledger) == len(records), name
+    for record, fields in zip(got.ledger, records, strict=True):
+        assert {k: record[k] for k in fields} == fields, name
 
 
 def comparable(exchange: Exchange) -> tuple[object, ...]:
@@ -422,12 +499,14 @@ def nginx_sets(header: str) -> bool:
 def nginx_passes_on(header: str, sent: dict[str, str]) -> str | None:
     """What the origin gets, through nginx, for a header the shipped config does not
     set: nothing for a name with "_" (nginx drops those: `ignore_invalid_headers`), else
-    the client's own value, as sent. So nginx does not add the proxy's X-Real-IP,
-    X-Forwarded-Host and Forwarded (the origin gets X-Forwarded-For and X-Forwarded-Proto
-    only). It also passes on what the proxy strips, X-Real-IP, True-Client-IP,
-    X-Original-URL and a client's X-Gatekeeper-* other than the seven it sets: a gap
-    in the shipped config, not a choice the docs make (the decision's own headers are
-    nginx's); once the config clears them, `nginx_sets` holds them to the table."""
+    the client's own value, as sent. The config sets X-Forwarded-For, X-Forwarded-Proto,
+    X-Forwarded-Host, X-Real-IP and Forwarded from what nginx saw, clears
+    True-Client-IP, CF-Connecting-IP, X-Original-URL, X-Rewrite-URL and X-Original-URI,
+    and sets the seven X-Gatekeeper-* decision headers and Authorization (no licence
+    token); `nginx_sets` reads that list from the file and holds those headers to the
+    table. What is left to pass on is the client's other headers, among them an
+    X-Gatekeeper-* name it invented: nginx cannot drop names by prefix
+    (docs/forward-auth.md)."""
     return None if "_" in header else sent.get(header.lower())
 
 
@@ -463,8 +542,8 @@ def nginx_comparable(exchange: Exchange, reference: bool) -> tuple[object, ...]:
     answers = []
     for answer in exchange.answers:
         own = not exchange.upstream
-        headers = sorted((k.lower(), v) for k, v in answer.headers
-                         if k.lower() in DECISION_HEADERS or k.lower().startswith("crawler-"))
+        headers = combined((k, v) for k, v in answer.headers
+                           if k.lower() in DECISION_HEADERS or k.lower().startswith("crawler-"))
         body: object = None
         if own and not reference:
             # nginx answers the status Gatekeeper put in X-Gatekeeper-Status.
@@ -479,6 +558,16 @@ def nginx_comparable(exchange: Exchange, reference: bool) -> tuple[object, ...]:
         (s.method, canonical(s.method, s.target), s.body_sha256,
          dict(s.headers).get("x-forwarded-for")) for s in exchange.upstream)
     return tuple(answers), upstream
+
+
+def combined(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Header lines as one line per name, values joined by ", " in order: the same
+    field however it was split (nginx's `add_header` of a decision's two `Link` values
+    sends one line; the proxy, two), RFC 9110 section 5.3."""
+    joined: dict[str, list[str]] = {}
+    for name, value in headers:
+        joined.setdefault(name.lower(), []).append(value)
+    return sorted((name, ", ".join(values)) for name, values in joined.items())
 
 
 def unchanged(exchange: Exchange, reference: bool) -> tuple[object, ...]:

@@ -1,20 +1,36 @@
-"""The usage ledger copied into a real redis-server: in order, once, verifiable, and
-caught up from the file after an outage, so nothing is lost."""
+"""The usage ledger copied into a real redis-server: in order, once, verifiable,
+caught up from the file after an outage, so nothing is lost, and trimmed only by an
+export that was written, with the chain still verifiable across the trim."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio
+from prometheus_client import CollectorRegistry
 
+from gatekeeper import wiring
 from gatekeeper.ledger.file import FileLedger, read
-from gatekeeper.ledger.mirror import LedgerMirror, read_store, stream_lines, verify_store
+from gatekeeper.ledger.mirror import (
+    LedgerMirror,
+    TrimRefused,
+    read_anchor,
+    read_copies,
+    read_store,
+    stream_lines,
+    trim,
+    verify_store,
+)
 from gatekeeper.ledger.record import UsageRecord
+from gatekeeper.settings import Settings
+from gatekeeper.store.redis import RedisStore
 from tests.support.redis_server import RedisTestServer
 
 
@@ -145,3 +161,176 @@ async def test_export_from_store_aggregates_every_replica(
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert out.decode().count(": ok, 2 records") == 2
+
+
+def _env(redis_server: RedisTestServer, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEKEEPER_")}
+    env.update({"GATEKEEPER_STORE": "redis", "GATEKEEPER_REDIS_URL": redis_server.url,
+                "GATEKEEPER_STATE_DIR": str(tmp_path / "empty")})
+    return env
+
+
+async def _cli(env: dict[str, str], *args: str,
+               stdout: int = asyncio.subprocess.PIPE) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gatekeeper", "ledger", *args, env=env, stdout=stdout,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, (out or b"").decode(), err.decode()
+
+
+async def _mirrored(client: redis.asyncio.Redis, tmp_path: Path, host: str,
+                    records: list[UsageRecord]) -> tuple[FileLedger, LedgerMirror]:
+    path = tmp_path / host / "ledger.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    ledger = await _ledger(path, records)
+    mirror = LedgerMirror(client, path, source=f"{host}/ledger.jsonl")
+    await mirror.sync()
+    return ledger, mirror
+
+
+async def test_export_with_trim_empties_the_streams_and_later_records_still_verify(
+    client: redis.asyncio.Redis, redis_server: RedisTestServer, tmp_path: Path
+) -> None:
+    a, mirror_a = await _mirrored(client, tmp_path, "host-a", [_record(n) for n in range(3)])
+    b, mirror_b = await _mirrored(client, tmp_path, "host-b", [_record(n) for n in range(2)])
+    env = _env(redis_server, tmp_path)
+    out = tmp_path / "november.json"
+    code, stdout, err = await _cli(env, "export", "--from-store", "--trim", "--format", "json",
+                                   "--output", str(out))
+    assert code == 0, err
+    assert stdout == ""
+    assert '"count": 5' in out.read_text()
+    assert f"{mirror_a.key}: trimmed 3 exported records, kept 0" in err
+    assert (await client.xlen(mirror_a.key), await client.xlen(mirror_b.key)) == (0, 0)
+    assert await read_anchor(client, "gk:ledger-anchor:host-a/ledger.jsonl") == (
+        a.last_seq, a.last_hash)
+    # The replica goes on; so does a restarted one, after the anchor rather than from
+    # the file's first record.
+    for n in range(3, 5):
+        a.append(_record(n))
+    a.flush_now()
+    assert await mirror_a.sync() == 2
+    a.append(_record(5))
+    a.flush_now()
+    assert await LedgerMirror(client, a.path, source="host-a/ledger.jsonl").sync() == 1
+    await a.close()
+    await b.close()
+    assert await client.xlen(mirror_a.key) == 3
+    code, stdout, err = await _cli(env, "verify", "--from-store")
+    assert code == 0, stdout + err
+    assert f"{mirror_a.key}: ok, 3 records (after record 3, where it was trimmed)" in stdout
+    assert f"{mirror_b.key}: ok, 0 records (after record 2, where it was trimmed)" in stdout
+    # The next export holds only what came after the first: nothing is billed twice.
+    code, stdout, err = await _cli(env, "export", "--from-store", "--format", "json")
+    assert code == 0, err
+    assert '"count": 3' in stdout
+
+
+async def test_trim_after_an_export_with_until_keeps_the_later_records(
+    client: redis.asyncio.Redis, redis_server: RedisTestServer, tmp_path: Path
+) -> None:
+    _, mirror = await _mirrored(client, tmp_path, "host-a", [_record(n) for n in range(5)])
+    until = "2026-11-30T00:53:23Z"  # records 0, 1 and 2 come before it; 3 and 4 do not
+    code, stdout, err = await _cli(_env(redis_server, tmp_path), "export", "--from-store",
+                                   "--until", until, "--trim")
+    assert code == 0, err
+    assert stdout.splitlines()[1].startswith("acme,3,")
+    assert await client.xlen(mirror.key) == 2
+    [result] = (await verify_store(client)).values()
+    assert (result.ok, result.start_seq, result.records) == (True, 3, 2)
+
+
+async def test_a_failed_export_trims_nothing(
+    client: redis.asyncio.Redis, redis_server: RedisTestServer, tmp_path: Path
+) -> None:
+    _, mirror = await _mirrored(client, tmp_path, "host-a", [_record(n) for n in range(4)])
+    env = _env(redis_server, tmp_path)
+    unwritable = tmp_path / "no-such-directory" / "export.csv"
+    code, _, err = await _cli(env, "export", "--from-store", "--trim", "--output",
+                              str(unwritable))
+    assert code == 2
+    assert "cannot write" in err
+    # Standard output that cannot take it: a full disk.
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        code, _, err = await _cli(env, "export", "--from-store", "--trim", stdout=full)
+    finally:
+        os.close(full)
+    assert code == 2
+    assert "No space left on device" in err
+    assert await client.xlen(mirror.key) == 4
+    assert await read_anchor(client, "gk:ledger-anchor:host-a/ledger.jsonl") is None
+
+
+async def test_a_broken_copy_is_neither_exported_nor_trimmed(
+    client: redis.asyncio.Redis, redis_server: RedisTestServer, tmp_path: Path
+) -> None:
+    _, mirror = await _mirrored(client, tmp_path, "host-a", [_record(n) for n in range(3)])
+    lines = await stream_lines(client, mirror.key)
+    await client.delete(mirror.key)
+    for line in [lines[0], lines[2]]:  # record 2 removed from the copy
+        await client.xadd(mirror.key, {"line": line})
+    out = tmp_path / "export.csv"
+    code, _, err = await _cli(_env(redis_server, tmp_path), "export", "--from-store",
+                              "--trim", "--output", str(out))
+    assert code == 2
+    assert "broken at record 2 (removed" in err
+    assert not out.exists()
+    assert await client.xlen(mirror.key) == 2
+
+
+async def test_a_stream_rebuilt_after_its_export_is_not_trimmed(
+    client: redis.asyncio.Redis, tmp_path: Path
+) -> None:
+    ledger, mirror = await _mirrored(client, tmp_path, "host-a", [_record(n) for n in range(3)])
+    [copy] = await read_copies(client)
+    # Redis lost its data between the export and the trim; the mirror copied again.
+    await client.delete(mirror.key)
+    assert await LedgerMirror(client, ledger.path, source="host-a/ledger.jsonl").sync() == 3
+    with pytest.raises(TrimRefused, match="changed after it was exported"):
+        await trim(client, copy, 3)
+    assert await client.xlen(mirror.key) == 3
+    await ledger.close()
+
+
+async def test_a_kept_name_with_a_new_ledger_file_gets_a_stream_of_its_own(
+    client: redis.asyncio.Redis, tmp_path: Path
+) -> None:
+    old, mirror = await _mirrored(client, tmp_path, "web-0", [_record(n) for n in range(3)])
+    await old.close()
+    # The pod comes back with the same name and an empty state directory.
+    old.path.unlink()
+    new = await _ledger(old.path, [_record(n, licensee="zeta") for n in range(2)])
+    again = LedgerMirror(client, old.path, source="web-0/ledger.jsonl")
+    assert await again.sync() == 2
+    assert again.key.startswith(mirror.key + "~")
+    assert await LedgerMirror(client, old.path, source="web-0/ledger.jsonl").sync() == 0
+    await new.close()
+    results = await verify_store(client)
+    assert {key: r.records for key, r in results.items()} == {mirror.key: 3, again.key: 2}
+    assert all(r.ok for r in results.values())
+
+
+async def test_replica_name_names_the_ledger_stream(
+    redis_server: RedisTestServer, tmp_path: Path
+) -> None:
+    settings = dataclasses.replace(
+        Settings(), upstream="http://127.0.0.1:9", store="redis", redis_url=redis_server.url,
+        state_dir=str(tmp_path),
+        replica_name="gatekeeper-0", ranges_refresh_interval=0)
+    c = wiring.build(settings, CollectorRegistry())
+    ledger = FileLedger(tmp_path / "ledger.jsonl")
+    mirror = wiring.ledger_mirror(c, ledger)
+    assert mirror is not None
+    try:
+        # (tmp_path is a resolved path already)
+        assert mirror.key == f"gk:ledger:gatekeeper-0:{tmp_path}/ledger.jsonl"
+        assert isinstance(c.store, RedisStore)
+        default = LedgerMirror(c.store.client, ledger.path)
+        assert default.key == f"gk:ledger:{socket.gethostname()}:{tmp_path}/ledger.jsonl"
+    finally:
+        await mirror.close()
+        await ledger.close()
+        await c.store.close()

@@ -99,6 +99,7 @@ async def test_every_key_the_store_writes_has_an_expiry(
         store.observe_client(keys, Signals("/", is_html_like=True), 100.0, cfg),
         store.note_refusal(keys, "GPTBot", 101.0),
         store.note_refusal(client_keys("192.0.2.99"), "GPTBot", 101.0),
+        store.revoke("tok-1", 200.0, 100.0),
     ]
     for operation in operations:
         await operation
@@ -108,6 +109,7 @@ async def test_every_key_the_store_writes_has_an_expiry(
     assert set(await _ttls(raw, prefix)) == {
         f"{prefix}rl:k", f"{prefix}seen:k", f"{prefix}ctr:k",
         f"{prefix}win:192.0.2.1", f"{prefix}win:192.0.2.0/24", f"{prefix}win:192.0.2.99",
+        f"{prefix}rev:tok-1",
     }
 
 

@@ -3,22 +3,28 @@
 The documented failure modes (docs/scaling-out.md): rate limits fall back to this
 process's counters (or let everything through with `rate_limit_fallback: open`),
 behaviour windows to this process's, licence checks that need the store fail
-closed with 503 and Retry-After; blocks never depend on the store; each fallback is
-counted; the store recovers without a restart."""
+closed with 503 and Retry-After; blocks and signature checks never depend on the
+store; each fallback is counted; the store recovers without a restart."""
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gatekeeper.licensing.keys import Keyring
 from gatekeeper.licensing.licensees import Licensees
 from gatekeeper.licensing.tokens import LicenseClaims, issue_token
 from tests.integration.conftest import GPTBOT, StartGate, Upstream
+from tests.integration.test_identity_proxy import AGENT_UA, sign
+from tests.integration.test_keydir import SIGNER
 from tests.support.redis_server import RedisTestServer
 
 POLICY = """
@@ -148,3 +154,47 @@ async def test_behaviour_windows_live_where_behaviour_store_says(
     finally:
         await client.aclose()
     assert bool(windows) is shared
+
+
+async def test_signatures_are_verified_while_the_store_is_down(
+    upstream: Upstream, start_gatekeeper: StartGate, redis_server: RedisTestServer,
+    tmp_path: Path,
+) -> None:
+    # The agent's key is pinned in the catalog (its directory is on a closed port), so
+    # the only thing the store could add is the replay cache.
+    agent = "https://127.0.0.1:9"
+    x = base64.urlsafe_b64encode(
+        SIGNER.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).rstrip(b"=").decode()
+    entry = {"name": "TestAgent", "operator": "Agent Example", "purpose": "ai-agent",
+             "ua_tokens": ["testagent/"], "robots_token": "TestAgent",
+             "signature_agents": [agent],
+             "signature_keys": [{"kty": "OKP", "crv": "Ed25519", "x": x}]}
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps({"version": 1, "crawlers": [entry]}))
+    policy = """
+version: 1
+rules:
+  - {name: signed-agent, match: {crawlers: [TestAgent], identities: [signed]}, action: allow}
+  - {name: unsigned-agent, match: {crawlers: [TestAgent]}, action: block}
+"""
+    gk = await start_gatekeeper(upstream.url, policy, catalog=str(catalog), store="redis",
+                                redis_url=redis_server.url, robots_compliance=False)
+    redis_server.stop()
+    authority = f"127.0.0.1:{gk.port}"
+    good = sign(authority, "/signed", agent, "c3RvcmUtZG93bg")
+    forged = sign(authority, "/forged", agent, "Zm9yZ2Vk", key=Ed25519PrivateKey.generate())
+    async with aiohttp.ClientSession() as s:
+        async with s.get(gk.url + "/signed", headers={"User-Agent": AGENT_UA, **good}) as r:
+            assert r.status == 200
+        # Still checked, not waved through: a signature by another key is refused.
+        async with s.get(gk.url + "/forged", headers={"User-Agent": AGENT_UA, **forged}) as r:
+            assert r.status == 403
+            assert (await r.json())["rule"] == "unsigned-agent"
+    assert upstream.paths() == ["/signed"]
+    value = gk.components.registry.get_sample_value
+    assert value("gatekeeper_verifications_total",
+                 {"method": "web-bot-auth", "result": "verified"}) == 1
+    assert value("gatekeeper_requests_total", {
+        "crawler": "TestAgent", "purpose": "ai-agent", "identity": "signed",
+        "action": "allow", "reason": "allowed"}) == 1
+    assert _fallbacks(gk) >= 1  # the behaviour windows were kept here instead

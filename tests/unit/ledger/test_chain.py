@@ -19,6 +19,7 @@ from gatekeeper.ledger.file import (
     read,
     read_chained,
     verify,
+    verify_lines,
 )
 from gatekeeper.ledger.record import (
     GENESIS,
@@ -372,3 +373,19 @@ async def test_read_names_the_line_it_cannot_parse(tmp_path: Path) -> None:
     path.write_bytes(b"".join(rows))
     with pytest.raises(LedgerFormatError, match=r"ledger\.jsonl:2: "):
         list(read(path))
+
+
+def test_lines_after_a_trim_verify_from_the_trim_anchor(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    asyncio.run(write_ledger(path, 5))
+    all_lines = lines(path)
+    kept, cut = all_lines[3:], parse_line(all_lines[2])
+    result = verify_lines(kept, start=(cut.seq, cut.hash))
+    assert (result.ok, result.records, result.start_seq, result.last_seq) == (True, 2, 3, 5)
+    # Without the anchor the same lines are a chain with its start missing.
+    assert verify_lines(kept).reason == "removed"
+    # A copy that does not continue from the anchor, or skips records after it.
+    wrong = verify_lines(kept, start=(cut.seq, GENESIS))
+    assert (wrong.ok, wrong.reason, wrong.first_bad_seq) == (False, "edited", 4)
+    gap = verify_lines(all_lines[4:], start=(cut.seq, cut.hash))
+    assert (gap.reason, gap.first_bad_seq) == ("removed", 4)

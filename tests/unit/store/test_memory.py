@@ -2,6 +2,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+import tests.conformance.store_suite as suite
 from gatekeeper.store.memory import MemoryStore
 from tests.conformance.store_suite import (  # noqa: F401  (run the shared table here)
     test_a_revocation_is_seen_until_it_lapses,
@@ -23,6 +24,12 @@ async def store() -> AsyncIterator[MemoryStore]:
     s = MemoryStore()
     yield s
     await s.close()
+
+
+def test_every_conformance_case_runs_against_memory() -> None:
+    # A case added to the suite but not imported above would silently never run here.
+    cases = {name for name in vars(suite) if name.startswith("test_")}
+    assert cases <= set(globals()), sorted(cases - set(globals()))
 
 
 async def test_memory_store_forgets_least_recently_used_bucket_at_its_bound() -> None:
