@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,7 +48,11 @@ from gatekeeper.licensing.tokens import LicenseClaims, TokenVerifier
 from gatekeeper.observe import logging as gk_logging
 from gatekeeper.observe.metrics import Metrics
 from gatekeeper.observe.record import Observer, Recorder
-from gatekeeper.policy.loader import load_default_policy, load_policy_file
+from gatekeeper.policy.loader import (
+    DEFAULT_POLICY_RESOURCE,
+    load_default_policy,
+    load_policy_file,
+)
 from gatekeeper.policy.reload import PolicyHolder, ReloadResult, watch
 from gatekeeper.settings import Settings, split_hostport
 from gatekeeper.store.base import Store
@@ -213,7 +219,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Comp
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry, catalog.names, store=settings.store)
     recorder = Recorder(metrics, gk_logging.get_logger("gatekeeper"))
-    recorder.reload_result(True, policy.source, [], time.time(), policy=policy)
+    recorder.reload_result(True, policy.source, [], time.time(), policy=policy,
+                           digest=policy_digest(holder))
     metrics.ranges_loaded(identity.ranges.current)
     metrics.revocations(lambda: len(licensing.licensees.revocations()))
     try:
@@ -289,6 +296,21 @@ def licence_endpoints(c: Components) -> Endpoints | None:
     return Endpoints(router, paths)
 
 
+def policy_digest(holder: PolicyHolder) -> str:
+    """Which policy text serves, in 12 hex digits: the start of the sha256 of the bytes
+    the last load read (`sha256sum policy.yaml` agrees). With includes, of the files'
+    sha256 digests, one a line in load order. Taken right after a successful load:
+    after a failed one the holder describes the files that failed."""
+    files = holder.watched_files()
+    if not files:
+        text = resources.files("gatekeeper.data").joinpath(DEFAULT_POLICY_RESOURCE).read_bytes()
+        return hashlib.sha256(text).hexdigest()[:12]
+    if len(files) == 1:
+        return (files[0].digest or "")[:12]
+    lines = "".join(f"{f.digest}\n" for f in files)
+    return hashlib.sha256(lines.encode()).hexdigest()[:12]
+
+
 def status_document(c: Components) -> dict[str, object]:
     """What the status page shows: the last hour of activity and the policy's state."""
     operators = {crawler.name: crawler.operator for crawler in c.catalog}
@@ -301,6 +323,7 @@ def status_document(c: Components) -> dict[str, object]:
         "rules": len(policy.rules) + sum(len(s.rules) for s in policy.host_sections),
         "licences": [lic.name for lic in policy.licenses],
         "serving_since": serving.get("since") if isinstance(serving, dict) else None,
+        "digest": serving.get("digest") if isinstance(serving, dict) else None,
         "last_reload": reloads.get("last"),
     }
     return doc
@@ -368,7 +391,7 @@ def reload_keys(c: Components) -> None:
 def record_reload(c: Components, result: ReloadResult) -> None:
     policy = c.holder.current if result.ok else None
     c.recorder.reload_result(result.ok, result.source, result.problems, time.time(),
-                             policy=policy)
+                             policy=policy, digest=policy_digest(c.holder) if result.ok else None)
 
 
 async def serve(c: Components) -> None:
@@ -430,7 +453,8 @@ def ledger_mirror(c: Components, ledger: FileLedger) -> LedgerMirror | None:
 
     if not isinstance(c.store, RedisStore):
         return None
-    mirror = LedgerMirror(c.store.client, ledger.path, prefix=c.settings.redis_prefix)
+    mirror = LedgerMirror(c.store.client, ledger.path, prefix=c.settings.redis_prefix,
+                          replica=c.settings.replica_name)
     mirror.start()
     return mirror
 
@@ -509,7 +533,8 @@ def run(settings: Settings) -> int:
     if settings.workers > 1:
         from gatekeeper import supervisor
 
-        supervisor.check_shared_limits(settings, components.holder.current)
+        supervisor.check_shared_limits(settings, components.holder.current,
+                                       components.catalog)
         return supervisor.run(settings)
     server.run(serve(components))
     return 0

@@ -128,14 +128,15 @@ class _Flow:
     Not a dataclass: mitmproxy runs a script file without registering it in
     `sys.modules`, where `dataclass` looks its module up."""
 
-    __slots__ = ("connection", "facts", "forwarded_at", "observed", "outcome", "sent",
-                 "started", "streamed")
+    __slots__ = ("connection", "facts", "forwarded_at", "gate_duration", "observed", "outcome",
+                 "sent", "started", "streamed")
 
     def __init__(self, facts: RequestFacts, outcome: Outcome, started: float,
-                 forwarded_at: float, connection: str) -> None:
+                 forwarded_at: float, connection: str, gate_duration: float) -> None:
         self.facts = facts
         self.outcome = outcome
         self.started = started  # perf_counter() when the request head was decided on
+        self.gate_duration = gate_duration  # seconds until it went back to mitmproxy
         self.forwarded_at = forwarded_at  # wall clock when it went back to mitmproxy
         # The client's own `close`/`keep-alive` (not sent upstream); "" when none.
         self.connection = connection
@@ -332,7 +333,8 @@ class GatekeeperAddon:
         request.stream = True  # streamed as it arrives, never buffered
         persistence = ", ".join(t for t in sorted(connection_tokens(incoming))
                                 if t in ("close", "keep-alive"))
-        flow.metadata[METADATA_KEY] = _Flow(facts, outcome, started, time.time(), persistence)
+        flow.metadata[METADATA_KEY] = _Flow(facts, outcome, started, time.time(), persistence,
+                                            time.perf_counter() - started)
 
     def _facts(
         self, flow: http.HTTPFlow, headers: CIMultiDict[str], ip: str, scheme: str,
@@ -419,7 +421,7 @@ class GatekeeperAddon:
         if self._c is not None:
             self._c.recorder.observe(Observation(
                 state.facts, state.outcome, status, sent, time.perf_counter() - state.started,
-                upstream, error))
+                upstream, error, gate_duration=state.gate_duration))
 
 
 def reverse_target(modes: Iterable[str]) -> str | None:

@@ -376,7 +376,7 @@ class Proxy:
         finally:
             self._observer.observe(Observation(
                 facts, outcome, status, sent, time.perf_counter() - started,
-                upstream_duration, error,
+                upstream_duration, error, gate_duration=sending - started,
             ))
 
     async def _send(
@@ -506,6 +506,7 @@ class Proxy:
         started: float,
     ) -> web.StreamResponse:
         status, error = 101, None
+        connecting = time.perf_counter()
         try:
             try:
                 upstream = await self._ws_connect(request, facts, chain)
@@ -530,6 +531,7 @@ class Proxy:
         finally:
             self._observer.observe(Observation(
                 facts, outcome, status, 0, time.perf_counter() - started, None, error,
+                gate_duration=connecting - started,
             ))
 
     def _refusal(self, exc: aiohttp.WSServerHandshakeError) -> web.StreamResponse | None:

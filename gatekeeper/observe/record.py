@@ -53,6 +53,10 @@ class Observation:
     upstream_duration: float | None = None  # seconds to upstream response headers
     upstream_error: str | None = None  # "refused", "reset", "timeout", ... when it failed
     document: str = ""  # the public document served ("robots.txt", ...), "" for others
+    # Seconds from the request's arrival until the gate had decided and the upstream
+    # request was about to be sent: the latency the gate adds. None for an answer of
+    # the gate's own observed as soon as it was ready: `duration` is then all the gate's.
+    gate_duration: float | None = None
 
 
 class Observer(Protocol):
@@ -111,7 +115,8 @@ class Recorder:
             cls.name, cls.purpose, outcome.identity, decision.action, decision.reason,
             decision.rule,
         )
-        m.request(series, obs.duration, obs.bytes_sent, obs.status, obs.upstream_duration)
+        m.request(series, obs.duration, obs.bytes_sent, obs.status, obs.upstream_duration,
+                  obs.gate_duration)
         if obs.upstream_error is not None:
             m.upstream_error(obs.upstream_error)
         verification = outcome.verification
@@ -178,15 +183,17 @@ class Recorder:
         now: float | None = None,
         *,
         policy: Policy | None = None,
+        digest: str | None = None,
     ) -> None:
         """A policy load or reload finished. Pass the serving `policy` on success:
-        its rules become the rule label set, each at zero."""
+        its rules become the rule label set, each at zero; and its content `digest`,
+        which the status page shows (a failed reload keeps the last good one's)."""
         self.metrics.reload(ok, now)
         at = now if now is not None else time.time()
         self.reloads["last"] = {"ok": ok, "at": at, "source": source,
                                 "problems": [str(p) for p in problems]}
         if ok:
-            self.reloads["serving"] = {"source": source, "since": at}
+            self.reloads["serving"] = {"source": source, "since": at, "digest": digest}
             if policy is not None:
                 self.metrics.policy_loaded(policy)
             self._log.info("policy_reloaded", source=source)

@@ -3,14 +3,17 @@
 A real `prometheus` (Debian's package; scripts/test.sh installs it) scrapes a real
 `gatekeeper run` process every second, each on a loopback port of its own, while the
 test drives traffic through the gate that moves every panel: browsers, a spoofed and a
-verified GPTBot, a robots.txt violation, a rate-limited assistant, licence tokens
-issued, used, forged, out of scope and revoked, upstream timeouts, a malformed request,
-a good and a bad policy reload, and the Redis store stopped under the running gate.
-Then every panel query, template variable, annotation and alert expression goes
-through Prometheus's HTTP API: each must parse, each panel query must return series
-with a non-zero value (short of `NO_DATA_ALLOWED`, which says why), every rule must
-evaluate without error, and the alerts the traffic provokes must be active.
-`promtool` checks the rule file and the rendered configuration.
+verified GPTBot, a robots.txt violation and robots.txt reads, a rate-limited assistant,
+a refused crawler coming back as a browser (an undeclared bot), a bad Web Bot Auth
+signature, a client hanging up mid-response, licence tokens issued, used, forged, out
+of scope and revoked, upstream timeouts, a malformed request, a good and a bad policy
+reload, range lists refreshed every two seconds from a local HTTPS server, and the
+Redis store stopped under the running gate. Then every panel query, template variable,
+annotation and alert expression goes through Prometheus's HTTP API: each must parse,
+each panel query must return series with a non-zero value (short of `NO_DATA_ALLOWED`,
+which says why), every rule must evaluate without error, and the alerts the traffic
+provokes must be active. `promtool` checks the rule file and the rendered
+configuration, and runs the alert rules' unit tests (gatekeeper-alerts.test.yml).
 
 Every counter series a panel reads is created in a seed phase and scraped before the
 main traffic moves it: rate() and increase() need two samples of a series, and a
@@ -35,7 +38,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+import trustme
 import yaml
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from gatekeeper.licensing.issued import read as read_issued
@@ -43,12 +48,15 @@ from gatekeeper.licensing.keys import Keyring
 from gatekeeper.licensing.licensees import Licensees
 from tests.integration.conftest import BROWSER, GPTBOT, Upstream, raw_request, status_of
 from tests.integration.test_process import free_port, run_gatekeeper  # noqa: F401  (the fixture)
+from tests.support.https_server import https_server
 from tests.support.redis_server import RedisTestServer
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "gatekeeper.json"
 PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 ALERTS = ROOT / "deploy" / "prometheus" / "gatekeeper-alerts.yml"
+ALERT_TESTS = ROOT / "deploy" / "prometheus" / "gatekeeper-alerts.test.yml"
+RANGES = ROOT / "gatekeeper" / "data" / "ip-ranges"
 OPERATIONS = ROOT / "docs" / "operations.md"
 METRICS_DOC = ROOT / "docs" / "metrics.md"
 JOB = "gatekeeper"
@@ -102,6 +110,12 @@ SPOOFED_GPTBOT = {"User-Agent": GPTBOT}  # from 127.0.0.1: not in OpenAI's GPTBo
 GPTBOT_VERIFIED = {"User-Agent": GPTBOT, "X-Forwarded-For": "20.171.206.7"}
 ASSISTANT = {"User-Agent": "Mozilla/5.0 (compatible; ChatGPT-User/1.0)",
              "X-Forwarded-For": "104.208.184.193"}  # in OpenAI's ChatGPT-User ranges
+# A crawler refused from this address, then the same address as a browser: the
+# behaviour score's ua-switch-after-refusal makes it an undeclared bot.
+SWITCHER = "198.51.100.77"
+# A signature that cannot even be parsed: a Web Bot Auth failure (malformed).
+BAD_SIGNATURE = {**BROWSER_HEADERS, "X-Forwarded-For": "192.0.2.80",
+                 "Signature-Input": "sig1=nonsense", "Signature": "sig1=:AAAA:"}
 
 
 # -- the shipped files, read statically -----------------------------------------------
@@ -356,7 +370,22 @@ async def _traffic(s: aiohttp.ClientSession, gk_url: str, port: int, basic: str,
         refused = await raw_request(port, b"GET /a%2Fb HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                           b"Connection: close\r\n\r\n")
         assert status_of(refused) == 400
+        assert await _get(s, f"{gk_url}/page/{i}", BAD_SIGNATURE) == 200
+        switcher = {"X-Forwarded-For": SWITCHER}
+        assert await _get(s, f"{gk_url}/page/{i}", {"User-Agent": GPTBOT, **switcher}) == 403
+        assert await _get(s, f"{gk_url}/page/{i}", {**BROWSER_HEADERS, **switcher}) == 200
+        await _hang_up_mid_response(port)
     return token
+
+
+async def _hang_up_mid_response(port: int) -> None:
+    """A client that reads the start of a large response and hangs up: a client fault."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /big?mib=8 HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: "
+                 + BROWSER.encode() + b"\r\nAccept: text/html\r\nAccept-Language: en\r\n"
+                 b"X-Forwarded-For: 192.0.2.81\r\n\r\n")
+    await reader.readexactly(256 * 1024)
+    writer.transport.abort()
 
 
 async def _reload(s: aiohttp.ClientSession, admin_url: str, policy: Path, text: str,
@@ -386,11 +415,68 @@ def _revoke(state: Path, settings: Path, token_id: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_the_alert_rules_pass_their_promtool_unit_tests() -> None:
+    # Each alert made to fire from input series, and kept quiet by others.
+    tests = yaml.safe_load(ALERT_TESTS.read_text(encoding="utf-8"))
+    assert tests["rule_files"] == [ALERTS.name]
+    tested = {case["alertname"] for t in tests["tests"] for case in t["alert_rule_test"]}
+    assert tested == {r["alert"] for r in _alert_rules()}
+    for rule in _alert_rules():
+        cases = [c for t in tests["tests"] for c in t["alert_rule_test"]
+                 if c["alertname"] == rule["alert"]]
+        assert any(c["exp_alerts"] for c in cases), f"{rule['alert']}: never made to fire"
+        assert any(not c["exp_alerts"] for c in cases), f"{rule['alert']}: never kept quiet"
+    _promtool("test", "rules", str(ALERT_TESTS))
+
+
+def _range_sources(tmp: Path, base: str) -> Path:
+    """The packaged range sources and snapshots, each list's URL on the local server."""
+    folder = tmp / "ip-ranges"
+    shutil.copytree(RANGES, folder)
+    sources = json.loads((folder / "sources.json").read_text(encoding="utf-8"))
+    for source_id, entry in sources["sources"].items():
+        entry["url"] = f"{base}/{entry['snapshot'] or source_id + '.json'}"
+    (folder / "sources.json").write_text(json.dumps(sources), encoding="utf-8")
+    return folder / "sources.json"
+
+
+def _range_lists_app() -> web.Application:
+    """Every list as its snapshot, with an ETag: refreshes after the first are 304s.
+    Lists shipped without a snapshot are 404: their refreshes fail, as a list whose
+    publisher is down does."""
+    async def one(request: web.Request) -> web.StreamResponse:
+        path = RANGES / request.match_info["name"]
+        if not path.is_file() or request.match_info["name"] == "sources.json":
+            raise web.HTTPNotFound()
+        etag = '"' + str(path.stat().st_mtime_ns) + '"'
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.Response(body=path.read_bytes(), content_type="application/json",
+                            headers={"ETag": etag})
+
+    app = web.Application()
+    app.router.add_get("/{name}", one)
+    return app
+
+
 async def test_every_panel_and_alert_through_a_real_prometheus(  # type: ignore[no-untyped-def]
-    upstream: Upstream, run_gatekeeper, redis_server: RedisTestServer, tmp_path: Path  # noqa: F811
+    upstream: Upstream, run_gatekeeper, redis_server: RedisTestServer, tmp_path: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _binary("prometheus")
     _promtool("check", "rules", str(ALERTS))
+    # The range lists are refreshed from a local HTTPS server, under a test CA the
+    # Gatekeeper process trusts through OpenSSL's SSL_CERT_FILE.
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    async with https_server(_range_lists_app(), ca) as lists:
+        await _with_lists(upstream, run_gatekeeper, redis_server, tmp_path,
+                          _range_sources(tmp_path, lists))
+
+
+async def _with_lists(upstream: Upstream, start: Any, redis_server: RedisTestServer,
+                      tmp_path: Path, sources: Path) -> None:
     state = tmp_path / "state-0"  # run_gatekeeper's first process keeps its state here
     Keyring.generate(state / "keys")
     secret = Licensees(state / "licensees.json").add(
@@ -402,8 +488,9 @@ async def test_every_panel_and_alert_through_a_real_prometheus(  # type: ignore[
     settings.write_text(yaml.safe_dump({
         "store": "redis", "redis_url": redis_server.url, "site_hosts": ["127.0.0.1"],
         "trusted_proxies": ["127.0.0.0/8"], "upstream_read_timeout": 1,
-        "ranges_refresh_interval": 0, "log_level": "warning"}))
-    gk = run_gatekeeper(upstream.url, "--policy", str(policy), "--config", str(settings))
+        "ranges_sources": str(sources), "ranges_cache_dir": str(tmp_path / "ranges-cache"),
+        "ranges_refresh_interval": 2, "log_level": "warning"}))
+    gk = start(upstream.url, "--policy", str(policy), "--config", str(settings))
     prom = Prometheus(tmp_path, gk.admin)
     prom.start()
     try:
@@ -443,6 +530,7 @@ async def _run(s: aiohttp.ClientSession, prom: Prometheus, gk: Any, policy: Path
         _traffic(s, gk.url, gk.port, basic, rounds=3),
         asyncio.to_thread(_revoke, state, settings, first.token_id), *timeouts)
     assert statuses == [504, 504, 504]
+    await _gate_time_excludes_the_upstream(s, gk.admin_url)
     revoked = {**GPTBOT_VERIFIED, "Authorization": f"License {first_token}"}
     assert await _get(s, gk.url + "/articles/1", revoked) == 401
     # The store goes away: rate limits and behaviour windows fall back to this process.
@@ -451,9 +539,29 @@ async def _run(s: aiohttp.ClientSession, prom: Prometheus, gk: Any, policy: Path
         await _get(s, f"{gk.url}/answer/down-{i}", ASSISTANT)
         assert await _get(s, f"{gk.url}/page/down-{i}", BROWSER_HEADERS) == 200
     await _scraped(s, prom, gk.admin_url)
+
+    async def refreshed_twice() -> bool:
+        # A rate needs two samples of a refresh counter that moved between them.
+        got = await prom.query(s, f'sum(increase(gatekeeper_crawler_ranges_updates_total'
+                                  f'{{job="{JOB}"}}[5m])) > 0')
+        return bool(got)
+
+    await prom.until(s, "two range-list refreshes scraped", refreshed_twice)
     await _check_panels(s, prom)
     await _check_rules(s, prom)
     assert time.monotonic() - started < 45
+
+
+async def _gate_time_excludes_the_upstream(s: aiohttp.ClientSession, admin_url: str) -> None:
+    """The three forwarded requests that waited a second each on the upstream (504s)
+    are in the whole requests' time, not in the gate's own."""
+    async with s.get(admin_url + "/metrics") as r:
+        text = await r.text()
+    sums = {sample.name: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.labels.get("action") == "allow"
+            and sample.name.endswith("_duration_seconds_sum")}
+    assert sums["gatekeeper_request_duration_seconds_sum"] > 3.0
+    assert sums["gatekeeper_gate_duration_seconds_sum"] < 1.0
 
 
 async def _check_panels(s: aiohttp.ClientSession, prom: Prometheus) -> None:

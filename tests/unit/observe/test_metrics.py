@@ -61,7 +61,7 @@ def _families(registry: CollectorRegistry) -> dict[str, str]:
 def test_every_gatekeeper_metric_follows_prometheus_naming(registry: CollectorRegistry) -> None:
     Metrics(registry, [])
     families = {n: t for n, t in _families(registry).items() if n.startswith("gatekeeper_")}
-    assert len(families) == 32
+    assert len(families) == 33
     samples = generate_latest(registry).decode()
     for name, kind in families.items():
         assert re.fullmatch(r"gatekeeper_[a-z_]+", name), name
@@ -186,6 +186,7 @@ def test_pre_initialised_series_exist_at_zero(registry: CollectorRegistry) -> No
     value = registry.get_sample_value
     for action in ACTIONS:
         assert value("gatekeeper_request_duration_seconds_count", {"action": action}) == 0
+        assert value("gatekeeper_gate_duration_seconds_count", {"action": action}) == 0
     for kind in (*UPSTREAM_ERROR_KINDS, "other"):
         assert value("gatekeeper_upstream_errors_total", {"kind": kind}) == 0
     for code in STATUS_CLASSES:
@@ -358,3 +359,37 @@ def test_a_collection_from_another_thread_does_not_flush(registry: CollectorRegi
     assert seen == [0.0]  # pending: only the owning thread moves the numbers
     metrics.flush()
     assert registry.get_sample_value("gatekeeper_requests_total", labels) == 1
+
+
+def test_the_gate_s_own_time_is_batched_into_its_histogram_exactly(
+    registry: CollectorRegistry,
+) -> None:
+    from prometheus_client import Histogram
+
+    from gatekeeper.observe.metrics import GATE_BUCKETS
+
+    metrics = Metrics(registry, [], process_metrics=False)
+    direct_registry = CollectorRegistry()
+    direct = Histogram("gatekeeper_gate_duration_seconds", "d", ["action"],
+                       buckets=GATE_BUCKETS, registry=direct_registry)
+    series = metrics.request_series("unknown", None, "unknown", "allow", "allowed", "default")
+    values = [0.00001, 0.00005, 0.00007, 0.0003, 0.001, 0.04, 0.1, 2.5, 9.0]
+    for v in values:
+        metrics.request(series, 1.0 + v, 10, 200, 1.0, v)
+        direct.labels("allow").observe(v)
+    got = {(s.name, s.labels.get("le")): s.value for f in registry.collect()
+           for s in f.samples if s.name.startswith("gatekeeper_gate_duration_seconds")
+           and s.labels.get("action") == "allow"}
+    want = {(s.name, s.labels.get("le")): s.value for f in direct_registry.collect()
+            for s in f.samples}
+    assert got == want
+
+
+def test_without_a_gate_time_the_whole_duration_is_the_gate_s(
+    metrics: Metrics, registry: CollectorRegistry
+) -> None:
+    series = metrics.request_series("GPTBot", "ai-training", "spoofed", "block", "blocked",
+                                    "default")
+    metrics.request(series, 0.002, 0, 403, None)
+    assert registry.get_sample_value(
+        "gatekeeper_gate_duration_seconds_sum", {"action": "block"}) == 0.002

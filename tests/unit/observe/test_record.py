@@ -70,12 +70,14 @@ def observation(
     upstream: float | None = 0.001,
     error: str | None = None,
     fallback: bool = False,
+    gate: float | None = None,
 ) -> Observation:
     h = CIMultiDictProxy(CIMultiDict(headers or {}))
     facts = RequestFacts("GET", "example.com", "/a", query, h, "192.0.2.1", 0.0)
     identity = Identity.UNKNOWN if cls.crawler is None else Identity.UNVERIFIED
     return Observation(facts, Outcome(cls, identity, decision, fallback),
-                       status or decision.status or 200, 10, 0.0021234, upstream, error)
+                       status or decision.status or 200, 10, 0.0021234, upstream, error,
+                       gate_duration=gate)
 
 
 def test_recorder_is_an_observer() -> None:
@@ -92,6 +94,29 @@ def test_observe_counts_by_crawler_purpose_identity_action_and_reason(rig: Rig) 
     assert rig.value("gatekeeper_responses_total", code="4xx", source="gate") == 1
     assert rig.value("gatekeeper_response_bytes_total", crawler="GPTBot") == 10
     assert rig.value("gatekeeper_upstream_duration_seconds_count") == 0
+
+
+def test_a_forwarded_request_adds_only_the_gate_s_own_time_to_the_gate_histogram(
+    rig: Rig,
+) -> None:
+    # 2.1 ms in all, 1 ms of it waiting on the upstream: the gate took 0.3 ms to decide
+    # and hand the request on.
+    rig.recorder.observe(observation(UNKNOWN, ALLOW, upstream=0.001, gate=0.0003))
+    assert rig.value("gatekeeper_gate_duration_seconds_count", action="allow") == 1
+    assert rig.value("gatekeeper_gate_duration_seconds_sum", action="allow") == 0.0003
+    assert rig.value("gatekeeper_gate_duration_seconds_bucket", action="allow",
+                     le="0.00025") == 0
+    assert rig.value("gatekeeper_gate_duration_seconds_bucket", action="allow",
+                     le="0.0005") == 1
+    assert rig.value("gatekeeper_request_duration_seconds_sum", action="allow") == 0.0021234
+
+
+def test_an_answer_of_the_gate_s_own_is_all_gate_time(rig: Rig) -> None:
+    rig.recorder.observe(observation(Classification(Kind.CRAWLER, GPTBOT), BLOCK,
+                                     upstream=None))
+    assert rig.value("gatekeeper_gate_duration_seconds_count", action="block") == 1
+    assert rig.value("gatekeeper_gate_duration_seconds_sum", action="block") == 0.0021234
+    assert rig.value("gatekeeper_gate_duration_seconds_count", action="allow") == 0
 
 
 def test_repeated_requests_add_up(rig: Rig) -> None:
@@ -218,6 +243,16 @@ def test_reload_results_are_counted_and_logged_with_problems(rig: Rig) -> None:
     failed = next(e for e in rig.lines() if e["event"] == "policy_reload_failed")
     assert failed["level"] == "error"
     assert failed["problems"] == ["p.yaml:3: rules[0].action: bad"]
+
+
+def test_a_failed_reload_keeps_the_serving_policy_s_digest(rig: Rig) -> None:
+    rig.recorder.reload_result(True, "p.yaml", [], 10.0, digest="4edcc766d210")
+    rig.recorder.reload_result(False, "p.yaml", [Problem("p.yaml", 3, "rules[0]", "bad")],
+                               11.0)
+    assert rig.recorder.reloads["serving"] == {"source": "p.yaml", "since": 10.0,
+                                               "digest": "4edcc766d210"}
+    assert rig.recorder.reloads["last"] == {"ok": False, "at": 11.0, "source": "p.yaml",
+                                            "problems": ["p.yaml:3: rules[0]: bad"]}
 
 
 def test_a_reload_with_the_policy_initialises_its_rules(rig: Rig) -> None:
