@@ -144,11 +144,13 @@ class Gate:
         disallowed = None if robots is None else not robots.allowed
         score: Score | None = None
         keys: tuple[str, str] | None = None
-        fallback = False
+        # A signature accepted without its replay check is a store fallback too.
+        fallback = verification is not None and verification.store_fallback
         if self._behaviour is not None:
             keys = client_keys(facts.client_ip)
-            score, fallback = await self._score(facts, cls, keys, bool(disallowed),
-                                                self._behaviour)
+            score, windows_failed = await self._score(facts, cls, keys, bool(disallowed),
+                                                      self._behaviour)
+            fallback = fallback or windows_failed
             if score is not None and score.undeclared:
                 claimed, cls = cls, UNDECLARED_BOT
         owner = self._owners().owner_of(facts.path) if self._owners is not None else None
@@ -199,10 +201,11 @@ class Gate:
         applies. The documents that say what crawlers may do are never gated."""
         cls, identity, verification, claimed = await self._identify(facts)
         score: Score | None = None
-        fallback = False
+        fallback = verification is not None and verification.store_fallback
         if self._behaviour is not None:
-            score, fallback = await self._score(facts, cls, client_keys(facts.client_ip),
-                                                False, self._behaviour)
+            score, windows_failed = await self._score(facts, cls, client_keys(facts.client_ip),
+                                                      False, self._behaviour)
+            fallback = fallback or windows_failed
         return Outcome(cls, identity, DECLARATION, fallback, None, verification, claimed,
                        None, score)
 

@@ -154,6 +154,8 @@ class SigResult:
     created: int | None = None
     expires: int | None = None
     detail: str = ""  # for logs and `gatekeeper explain`; never a metric label
+    # Accepted while the replay cache was unreachable: a documented store fallback.
+    replay_unchecked: bool = False
 
 
 @dataclass(frozen=True, slots=True)

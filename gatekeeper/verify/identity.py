@@ -63,6 +63,8 @@ class Verification:
     signature_failure: str | None = None  # why a presented signature failed (metric label)
     signed_as: Crawler | None = None  # the crawler a valid signature speaks for
     key_thumbprint: str | None = None  # the Web Bot Auth key that signed, when one did
+    # A signature accepted without its replay check because the store failed.
+    store_fallback: bool = False
 
 
 CLAIMS_NOTHING = Verification(Identity.UNKNOWN, detail="the user agent claims no crawler")
@@ -137,6 +139,7 @@ class IdentityVerifier:
                 Identity.SIGNED, WEB_BOT_AUTH,
                 f"Web Bot Auth signature by key {result.keyid} of {result.agent}",
                 tuple(checks), signed_as=signer, key_thumbprint=result.keyid,
+                store_fallback=result.replay_unchecked,
             )
         reason = result.reason or SigFailure.MALFORMED
         outcome = "unknown" if reason in _INCONCLUSIVE else "refuted"

@@ -86,7 +86,7 @@ class WebBotAuthVerifier:
         except StoreUnavailable:
             # Signature checks never depend on the store (DESIGN, failure modes): the
             # signature stands, unchecked for replay for as long as the store is down.
-            return result
+            return replace(result, replay_unchecked=True)
         if not fresh:
             return replace(result, ok=False, reason=SigFailure.REPLAYED,
                            detail="this nonce was already used")
