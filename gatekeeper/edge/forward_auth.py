@@ -75,6 +75,7 @@ from gatekeeper.core.model import Allow, Block, Policy, Rule
 from gatekeeper.edge import responses
 from gatekeeper.edge.client_ip import TrustedProxies, canonical_ip, client_ip, normalise
 from gatekeeper.edge.documents import Documents
+from gatekeeper.edge.headers import gate_headers
 from gatekeeper.edge.target import BadRequest, canonicalize, check_host
 from gatekeeper.gate import Gate, Outcome
 from gatekeeper.observe import logging as gk_logging
@@ -281,7 +282,7 @@ def _tried(rules: Iterable[Rule], selected: Rule | None) -> tuple[bool, bool]:
 def _allowed(outcome: Outcome, declared: tuple[tuple[str, str], ...],
              cache: tuple[tuple[str, str], ...]) -> web.Response:
     headers = _about(outcome)
-    for name, value in (*outcome.decision.response_headers, *declared):
+    for name, value in gate_headers(outcome.decision.response_headers, declared):
         # One line per name (a second `Link` joined to the first, as RFC 9110 allows):
         # nginx before 1.23 reads only the first line of a header into a variable.
         known = headers.get(name)

@@ -289,6 +289,29 @@ def downstream_response_headers(upstream: MultiMapping[str]) -> CIMultiDict[str]
     return out
 
 
+def gate_headers(added: Sequence[tuple[str, str]], declared: Sequence[tuple[str, str]],
+                 ) -> tuple[tuple[str, str], ...]:
+    """The headers the gate puts on a forwarded response: `added` (a licence's `Link`
+    and `crawler-charged`), then the policy's `declared` ones (Content-Usage, tdm-*,
+    `Link`). The gate's `Link` and the declared one name the same RSL document
+    (relative and absolute): the licence is linked once, by the declared one."""
+    if any(name == "Link" for name, _ in declared):
+        added = [header for header in added if header[0] != "Link"]
+    return (*added, *declared)
+
+
+def add_gate_headers(headers: CIMultiDict[str], added: Sequence[tuple[str, str]],
+                     declared: Sequence[tuple[str, str]]) -> None:
+    """`gate_headers` onto an upstream response's `headers`: their values replace the
+    upstream's, except `Link`, where the upstream's own links (preload, canonical)
+    stay beside the gate's."""
+    for name, value in gate_headers(added, declared):
+        if name != "Link":
+            headers[name] = value
+        elif value not in headers.getall("Link", ()):
+            headers.add(name, value)
+
+
 def is_websocket_upgrade(headers: MultiMapping[str]) -> bool:
     """`Upgrade: websocket` together with the `upgrade` token in `Connection`."""
     upgrade = headers.get("Upgrade")

@@ -94,6 +94,7 @@ from gatekeeper.edge import responses, server
 from gatekeeper.edge.client_ip import client_ip
 from gatekeeper.edge.documents import Documents
 from gatekeeper.edge.headers import (
+    add_gate_headers,
     connection_tokens,
     downstream_response_headers,
     is_websocket_upgrade,
@@ -376,18 +377,11 @@ class GatekeeperAddon:
             for name in ("Connection", "Upgrade"):
                 for value in incoming.getall(name, ()):
                     headers.add(name, value)
-        for name, value in state.outcome.decision.response_headers:
-            headers[name] = value  # the gate's word replaces an upstream's
         facts = state.facts
+        declared: tuple[tuple[str, str], ...] = ()
         if self._documents is not None and facts.method in ("GET", "HEAD"):
-            for name, value in self._documents.response_headers(facts.host, facts.path,
-                                                                facts.scheme):
-                if name == "Link":
-                    # The upstream's own links (preload, canonical, ...) stay.
-                    if value not in headers.getall("Link", ()):
-                        headers.add(name, value)
-                else:
-                    headers[name] = value  # what the policy enforces
+            declared = self._documents.response_headers(facts.host, facts.path, facts.scheme)
+        add_gate_headers(headers, state.outcome.decision.response_headers, declared)
         response.headers = _mitm_headers(headers.items())
         if state.connection:
             # The request went upstream without it; mitmproxy reads it from the same

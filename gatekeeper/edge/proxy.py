@@ -37,6 +37,7 @@ from gatekeeper.edge import responses
 from gatekeeper.edge.client_ip import TrustedProxies, client_ip
 from gatekeeper.edge.documents import Documents, Endpoints
 from gatekeeper.edge.headers import (
+    add_gate_headers,
     check_head_size,
     check_header_bytes,
     downstream_response_headers,
@@ -439,15 +440,8 @@ class Proxy:
         ones (Content-Usage, tdm-*, Link); (response, body bytes sent, error kind or
         None)."""
         headers = downstream_response_headers(upstream.headers)
-        for name, value in added:
-            headers[name] = value  # the gate's word replaces an upstream's
-        for name, value in declared:
-            if name == "Link":
-                # The upstream's own links (preload, canonical, ...) stay.
-                if value not in headers.getall("Link", ()):
-                    headers.add(name, value)
-            else:
-                headers[name] = value  # what the policy enforces, not what the origin says
+        if added or declared:
+            add_gate_headers(headers, added, declared)
         resp = RelayedResponse(
             status=upstream.status, reason=_safe_reason(upstream.reason), headers=headers,
         )

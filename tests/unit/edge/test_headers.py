@@ -8,6 +8,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gatekeeper.edge.headers import (
     HOP_BY_HOP,
     IDENTITY_HEADERS,
+    add_gate_headers,
     body_framing,
     check_head_size,
     check_header_bytes,
@@ -365,3 +366,24 @@ def test_an_rsl_licence_token_is_not_forwarded_but_other_credentials_are() -> No
     kept = build(MD({"Authorization": "License eyJ.a.b"}), client_ip="192.0.2.1", host="a",
                  proto="http", strip_license_tokens=False)
     assert kept["Authorization"] == "License eyJ.a.b"
+
+
+RELATIVE = ("Link", '</license.xml>; rel="license"; type="application/rsl+xml"')
+ABSOLUTE = ("Link", '<https://example.com/license.xml>; rel="license"; '
+                    'type="application/rsl+xml"')
+
+
+def test_a_licensed_response_links_its_licence_once_and_keeps_the_origins_links() -> None:
+    headers = CIMultiDict([("Link", "</style.css>; rel=preload; as=style"),
+                           ("Content-Usage", "train-ai=y")])
+    add_gate_headers(headers, [RELATIVE, ("crawler-charged", "USD 0.002")],
+                     [("Content-Usage", "train-ai=n"), ABSOLUTE])
+    assert headers.getall("Link") == ["</style.css>; rel=preload; as=style", ABSOLUTE[1]]
+    assert headers.getall("Content-Usage") == ["train-ai=n"]
+    assert headers["crawler-charged"] == "USD 0.002"
+
+
+def test_without_declarations_the_gates_licence_link_is_added_beside_the_origins() -> None:
+    headers = CIMultiDict([("Link", "</style.css>; rel=preload; as=style")])
+    add_gate_headers(headers, [RELATIVE], [])
+    assert headers.getall("Link") == ["</style.css>; rel=preload; as=style", RELATIVE[1]]
