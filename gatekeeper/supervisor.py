@@ -68,6 +68,8 @@ _START_TIMEOUT: Final = 30.0
 _SCRAPE_TIMEOUT: Final = 5.0
 _SUMMED: Final = frozenset({"counter", "histogram", "summary"})
 _NO_STORE: Final = {"Cache-Control": "no-store"}
+# The workers' admin listeners take at most this much (edge/admin.py).
+_OWNERS_BODY_LIMIT: Final = 64 * 1024
 # /status.json: the lists of rows, and the field that identifies a row in each.
 _ROWS: Final = {"crawlers": "crawler", "top_paths": "path", "licences": "license",
                 "per_minute": "minute"}
@@ -331,12 +333,42 @@ class Supervisor:
             merged["workers"] = workers
             return merged
 
-        app = web.Application()
+        async def owners(request: web.Request) -> web.Response:
+            # The workers share state_dir/owners.json and each reads it once a second:
+            # one worker's admin API changing it is enough for all of them.
+            body = await request.read()
+            return await self._relay(request.method, request.path_qs, body,
+                                     request.headers.get("Content-Type"))
+
+        app = web.Application(client_max_size=_OWNERS_BODY_LIMIT)
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
+        app.router.add_get("/owners", owners)
+        app.router.add_put("/owners/{name}", owners)
+        app.router.add_delete("/owners/{name}", owners)
         status_routes(app, status)
         return app
+
+    async def _relay(self, method: str, path: str, body: bytes,
+                     content_type: str | None) -> web.Response:
+        """`method path` on the first worker whose admin listener answers; 503 when
+        none does."""
+        timeout = aiohttp.ClientTimeout(total=_SCRAPE_TIMEOUT)
+        headers = {"Content-Type": content_type} if content_type else {}
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for worker in self._workers:
+                url = f"http://127.0.0.1:{worker.admin_port}{path}"
+                try:
+                    async with session.request(method, url, data=body or None,
+                                               headers=headers) as r:
+                        return web.Response(
+                            status=r.status, body=await r.read(),
+                            content_type=r.content_type, headers=_NO_STORE)
+                except (aiohttp.ClientError, TimeoutError):
+                    continue
+        return web.json_response({"error": "no_worker_answered"}, status=503,
+                                 headers=_NO_STORE)
 
     async def _gather(self, path: str) -> list[tuple[int, str | None]]:
         timeout = aiohttp.ClientTimeout(total=_SCRAPE_TIMEOUT)

@@ -310,6 +310,49 @@ async def test_the_status_page_adds_up_every_workers_traffic(
     assert doc["policy"]["serving_since"] == max(w["policy"]["serving_since"] for w in workers)
 
 
+async def _every_worker_answers(url: str, headers: dict[str, str], status: int) -> None:
+    """Until 20 requests in a row, each on a new connection (spread over the workers by
+    the kernel), answer `status`; the workers read owners.json once a second."""
+    deadline = time.monotonic() + 5
+    while True:
+        statuses = await asyncio.gather(*(_get(url, headers) for _ in range(20)))
+        if statuses == [status] * 20:
+            return
+        assert time.monotonic() < deadline, statuses
+        await asyncio.sleep(0.2)
+
+
+async def test_the_owner_api_on_the_supervisors_admin_listener_reaches_every_worker(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(UNSHARED_POLICY)
+    proc, port, admin, log = await _running(upstream.url, tmp_path, "workers=2",
+                                            f"policy={policy}", "ranges_refresh_interval=0",
+                                            "behaviour=false")
+    page = f"http://127.0.0.1:{port}/articles/alice/1"
+    owners = f"http://127.0.0.1:{admin}/owners"
+    gptbot = {"User-Agent": GPTBOT}
+    try:
+        await _every_worker_answers(page, gptbot, 200)
+        async with aiohttp.ClientSession() as s:
+            async with s.put(owners + "/alice", json={
+                    "paths": ["/articles/alice/**"], "stance": "opt-out"}) as r:
+                assert r.status == 200, await r.text()
+                assert (await r.json())["stance"] == "opt-out"
+            async with s.put(owners + "/bad", json={"paths": [], "stance": "maybe"}) as r:
+                assert r.status == 400  # the worker's own validation, relayed
+            async with s.get(owners) as r:
+                assert [o["name"] for o in (await r.json())["owners"]] == ["alice"]
+        await _every_worker_answers(page, gptbot, 403)
+        async with aiohttp.ClientSession() as s, s.delete(owners + "/alice") as r:
+            assert r.status == 200
+        await _every_worker_answers(page, gptbot, 200)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
+
+
 def test_several_workers_with_the_memory_store_and_rate_limits_are_refused(
     upstream: Upstream, tmp_path: Path
 ) -> None:
