@@ -8,6 +8,9 @@ Targets, all serving the same 10 KB page from nginx (bench/origin.py):
   gatekeeper block     the same process, as GPTBot: answered 403, nothing forwarded
   gatekeeper no-class  allow, in a second Gatekeeper started with
                        GATEKEEPER_BENCH_NO_CLASSIFY=1 (every user agent is `unknown`)
+  gatekeeper lean      allow, in a Gatekeeper with behaviour scoring and robots.txt
+                       compliance switched off (GATEKEEPER_BEHAVIOUR=false,
+                       GATEKEEPER_ROBOTS_COMPLIANCE=false): what those two cost
 
 Every figure is read as a ratio to another one measured in the same run, because
 these machines are noisy: each round runs every target once, rounds alternate the
@@ -65,14 +68,18 @@ _ASYNCIO_LAUNCHER = ("import sys; sys.modules['uvloop'] = None; "
                      "from gatekeeper.cli import main; sys.exit(main(sys.argv[1:]))")
 
 # Target kinds; one target per kind and event loop, plus the origin.
-ORIGIN, PASS, ALLOW, BLOCK, NOCLASS = "origin", "pass", "allow", "block", "noclass"
+ORIGIN, PASS, ALLOW, BLOCK, NOCLASS, LEAN = (
+    "origin", "pass", "allow", "block", "noclass", "lean")
 LABELS = {
     ORIGIN: "origin direct (nginx)",
     PASS: "pass-through (baseline)",
     ALLOW: "gatekeeper allow",
     BLOCK: "gatekeeper block (GPTBot)",
     NOCLASS: "gatekeeper allow, no classification",
+    LEAN: "gatekeeper allow, no behaviour/robots",
 }
+# Real settings, not a benchmark switch: an operator can run Gatekeeper this way.
+LEAN_ENV = {"GATEKEEPER_BEHAVIOUR": "false", "GATEKEEPER_ROBOTS_COMPLIANCE": "false"}
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,13 @@ CHECKS = (
     Check("block req/s / allow req/s", BLOCK, ALLOW, "rps", ">=", 1.5),
     Check("classification cost: 1 - allow / no-classification req/s", ALLOW, NOCLASS, "rps",
           "<", 0.03, as_cost=True),
+)
+# Printed for the record, with no target of their own: where the allow path's time goes.
+INFO = (
+    Check("allow without behaviour/robots req/s / pass-through req/s", LEAN, PASS, "rps",
+          ">=", 0.85),
+    Check("behaviour + robots.txt cost: 1 - allow / lean req/s", ALLOW, LEAN, "rps",
+          "<", 1.0, as_cost=True),
 )
 
 
@@ -313,7 +327,7 @@ def measure(args: argparse.Namespace, wrk: str, run: Run, progress: Callable[[st
         taps: dict[str, LogTap] = {}
         for loop in loops:
             pass_port, gk_port, nocls_port = free_port(), free_port(), free_port()
-            block_port = free_port()
+            block_port, lean_port = free_port(), free_port()
             cmd = [PY, str(BENCH / "passthrough.py"), "--upstream", upstream,
                    "--listen", f"127.0.0.1:{pass_port}", "--server", args.passthrough_server]
             if loop == "uvloop":
@@ -326,6 +340,8 @@ def measure(args: argparse.Namespace, wrk: str, run: Run, progress: Callable[[st
             taps[f"gatekeeper-no-classification/{loop}"] = stack.enter_context(server(
                 gatekeeper_cmd(loop, upstream, nocls_port, free_port()), nocls_port,
                 {"GATEKEEPER_BENCH_NO_CLASSIFY": "1"}))
+            taps[f"gatekeeper-lean/{loop}"] = stack.enter_context(server(
+                gatekeeper_cmd(loop, upstream, lean_port, free_port()), lean_port, LEAN_ENV))
             # GPTBot gets its own process: wrk connects from 127.0.0.1 for every target,
             # and a browser arriving from the address a crawler was just refused at is
             # what a crawler switching its user agent looks like (docs/behaviour.md).
@@ -336,6 +352,7 @@ def measure(args: argparse.Namespace, wrk: str, run: Run, progress: Callable[[st
                 Target(ALLOW, loop, gk_port, BROWSER, 200),
                 Target(NOCLASS, loop, nocls_port, BROWSER, 200),
                 Target(BLOCK, loop, block_port, GPTBOT, 403),
+                Target(LEAN, loop, lean_port, BROWSER, 200),
             ]
         sanity_checks(targets, upstream, run)
         for t in targets:
@@ -412,7 +429,7 @@ def report(run: Run, loops: Sequence[str]) -> dict[str, Any]:
               f"{run.loops_reported.get(f'gatekeeper/{loop}', '?')})")
         print(f"  {'target':38} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s vs pass':>14}")
         rows: dict[str, dict[str, float]] = {}
-        for kind in (ORIGIN, PASS, ALLOW, BLOCK, NOCLASS):
+        for kind in (ORIGIN, PASS, ALLOW, BLOCK, NOCLASS, LEAN):
             results = origin if kind == ORIGIN else run.rounds[f"{kind}/{loop}"]
             row = {m: median_of(results, m) for m in ("rps", "p50_ms", "p99_ms")}
             rows[kind] = row
@@ -421,7 +438,7 @@ def report(run: Run, loops: Sequence[str]) -> dict[str, Any]:
         print(f"\n  {'ratio (median of the per-round ratios)':58} {'value':>7} "
               f"{'target':>9}  {'[min..max]':>18}")
         checks = []
-        for check in CHECKS:
+        for check in CHECKS + INFO:
             ratios = paired_ratios(run, check, loop)
             values = sorted(check.value(x) for x in ratios)
             value = statistics.median(values)
@@ -438,9 +455,13 @@ def report(run: Run, loops: Sequence[str]) -> dict[str, Any]:
             # margin: the verdict is the median's, flagged as unsettled.
             unsettled = check.passed(values[0]) != check.passed(values[-1])
             verdict = ("PASS" if ok else "MISS") + (" (rounds disagree)" if unsettled else "")
+            if check in INFO:
+                goal, verdict = "", "(for the record)"
             print(f"  {check.label:58} {shown:>7} {goal:>9}  {spread:>18}  {verdict}")
+            recorded = check not in INFO
             checks.append({"label": check.label, "value": value, "op": check.op,
-                           "target": check.target, "pass": ok, "unsettled": unsettled,
+                           "target": check.target if recorded else None,
+                           "pass": ok if recorded else None, "unsettled": unsettled,
                            "per_round": ratios})
         summary["loops"][loop] = {"medians": rows, "checks": checks}
     if len(loops) == 2:
