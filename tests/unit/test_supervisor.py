@@ -15,9 +15,10 @@ from gatekeeper.catalog_loader import load_catalog
 from gatekeeper.core.catalog import Catalog
 from gatekeeper.errors import SettingsError
 from gatekeeper.observe.activity import Activity
+from gatekeeper.observe.merge import merge_metrics, merge_status
 from gatekeeper.policy.loader import load_default_policy, load_policy_text
 from gatekeeper.settings import Settings
-from gatekeeper.supervisor import check_shared_limits, merge_metrics, merge_status
+from gatekeeper.supervisor import check_shared_limits
 
 
 def _exposition(requests: int, duration: float, age: float) -> str:
