@@ -186,7 +186,7 @@ def _declarations(args: argparse.Namespace) -> int:
         "license.xml": d.rsl.decode(),
         "headers": "".join(
             f"{pattern:<24} " + "; ".join(f"{n}: {v}" for n, v in
-                                          d.plan.headers_for(pattern.rstrip("$"), d.rsl_url))
+                                          d.headers_for(pattern.rstrip("$")))
             + "\n" for pattern in sorted({r.location for r in d.plan.tdm} | {"/"})),
     }
     if args.only:

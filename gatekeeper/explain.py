@@ -7,6 +7,11 @@ main listener serves), so what it prints is what the proxy does. Behaviour is th
 one thing it cannot show: a score needs the client's recent requests, and explain
 sees one: it scores the request as if it were the client's first, which shows
 what this request alone contributes.
+
+A request for a public document (robots.txt, tdmrep.json, the RSL document, the
+terms, the token keys) is answered as the main listener answers it: by
+Gatekeeper, never gated, with rule `declarations`; the same
+`gatekeeper.core.declarations.public_document` decides which paths those are.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gatekeeper.core.behaviour import BehaviourConfig, describe
 from gatekeeper.core.catalog import Catalog, Crawler
+from gatekeeper.core.declarations import public_document
 from gatekeeper.core.facts import RequestFacts
 from gatekeeper.core.model import Policy, RateLimit, RobotsMode
 from gatekeeper.core.robots import RobotsRules
-from gatekeeper.declare import declarations
+from gatekeeper.declare import declarations, robots_lines
 from gatekeeper.edge.target import BadRequest, canonicalize, check_host
 from gatekeeper.gate import Gate, Outcome
 from gatekeeper.settings import Settings
@@ -78,13 +84,18 @@ async def explain(
     robots = StaticRobots(robots_txt) if robots_txt is not None else None
     gate = Gate(catalog, lambda: policy, store, identity=identity.verifier, robots=robots,
                 behaviour=BehaviourConfig() if settings.behaviour else None)
+    # The keys are served once a signing key exists, as `wiring.public_documents` has it.
+    keys = (settings.state_path() / "keys").exists()
+    document = public_document(policy, method, facts.path)
+    if document == "jwks.json" and not keys:
+        document = None
     try:
-        outcome = await gate.decide(facts)
+        outcome = await (gate.read_declaration(facts) if document else gate.decide(facts))
     finally:
         await identity.close()
     cls, decision = outcome.classification, outcome.decision
     selected = outcome.selected
-    if selected is None:  # the gate always records what it selected
+    if selected is None and document is None:  # the gate records what it selected
         raise RuntimeError("the gate returned no selected rule")
     crawler = cls.crawler
     report["request"] = {
@@ -101,13 +112,17 @@ async def explain(
     report["identity"] = _identity(outcome)
     report["robots"] = _robots(outcome, robots_txt is not None)
     report["behaviour"] = _behaviour(outcome)
-    rule = selected.rule
-    report["rule"] = {
-        "name": selected.name,
-        "source": str(rule.source) if rule and rule.source else None,
-        "action": decision.action,
-    }
-    if isinstance(selected.action, RateLimit):
+    if selected is None:
+        report["rule"] = {"name": decision.rule, "source": None, "action": decision.action,
+                          "document": document}
+    else:
+        rule = selected.rule
+        report["rule"] = {
+            "name": selected.name,
+            "source": str(rule.source) if rule and rule.source else None,
+            "action": decision.action,
+        }
+    if selected is not None and isinstance(selected.action, RateLimit):
         # explain starts from an empty store: the answer is the first request's.
         limit = selected.action
         report["rule"]["rate_limit"] = {
@@ -115,12 +130,15 @@ async def explain(
             "note": f"forwarded until {limit.burst} requests arrive faster than the rate, "
                     "then 429 with Retry-After",
         }
-    report["declarations"] = _declarations(policy, catalog, host, facts.path, crawler,
-                                           robots_txt)
+    report["declarations"] = _declarations(policy, catalog, host, facts.path, facts.query,
+                                           crawler, robots_txt, keys)
+    if document:
+        report["declarations"]["headers"] = []  # only forwarded responses carry them
     report["decision"] = {
-        "forward": decision.forward,
+        # A public document is answered by Gatekeeper itself, never forwarded.
+        "forward": decision.forward and document is None,
         "reason": decision.reason.value,
-        "status": decision.status or None,
+        "status": 200 if document else decision.status or None,
         "would_status": decision.would_status or None,
         "headers": [list(h) for h in decision.headers],
         "body": decision.body.decode("utf-8", "replace"),
@@ -167,22 +185,26 @@ def _robots(outcome: Outcome, given: bool) -> dict[str, Any]:
             "group": verdict.group or None, "violation": outcome.robots_violation}
 
 
-def _declarations(policy: Policy, catalog: Catalog, host: str, path: str,
-                  crawler: Crawler | None, robots_txt: bytes | None) -> dict[str, Any]:
+def _declarations(policy: Policy, catalog: Catalog, host: str, path: str, query: str,
+                  crawler: Crawler | None, robots_txt: bytes | None,
+                  keys: bool) -> dict[str, Any]:
     """What the served robots.txt and the response headers declare for this path."""
     served = declarations(policy, catalog, load_vocabularies(), site=f"https://{host}",
-                          host=host, origin_txt=robots_txt)
+                          host=host, origin_txt=robots_txt, jwks=keys)
     token = crawler.robots_token if crawler is not None else "*"
     if policy.declarations.robots_txt is RobotsMode.OFF:
         robots: dict[str, Any] = {"served": False}
     else:
-        verdict = RobotsRules.parse(served.robots.text.encode()).verdict(token, path)
+        # robots.txt matches the path with its query; the headers, the path.
+        target = f"{path}?{query}" if query else path
+        verdict = RobotsRules.parse(served.robots.text.encode()).verdict(token, target)
         group = served.plan.group_for(crawler.name) if crawler is not None else None
         robots = {"served": True, "token": token, "allowed": verdict.allowed,
                   "rule": verdict.rule or None, "group": verdict.group or None,
-                  "generated_group": group is not None}
+                  "generated_group": group is not None,
+                  "lines": robots_lines(served, policy, crawler, target)}
     return {"robots_txt": robots,
-            "headers": [list(h) for h in served.plan.headers_for(path, served.rsl_url)]}
+            "headers": [list(h) for h in served.headers_for(path)]}
 
 
 def render_text(report: dict[str, Any]) -> str:
@@ -222,7 +244,9 @@ def render_text(report: dict[str, Any]) -> str:
         lines.append(f"robots.txt:     {said} this path{rule}")
     rule = report["rule"]
     where = f" at {rule['source']}" if rule["source"] else ""
-    lines.append(f"rule:           {rule['name']}{where} -> {rule['action']}")
+    document = rule.get("document")
+    never = f" ({document} is a public document, never gated)" if document else ""
+    lines.append(f"rule:           {rule['name']}{where} -> {rule['action']}{never}")
     if "rate_limit" in rule:
         rl = rule["rate_limit"]
         lines.append(f"rate limit:     {rl['per_second']:g}/s, burst {rl['burst']}, per "
@@ -236,13 +260,17 @@ def render_text(report: dict[str, Any]) -> str:
             f"group {robots_txt['group'] or 'none'}"
         lines.append(f"declared:       served robots.txt {said} this path for "
                      f"{robots_txt['token']}{by}, {origin}")
+        lines.extend(f"                robots.txt: {line}" for line in robots_txt["lines"])
     else:
         lines.append("declared:       robots.txt is the origin's own (declarations.robots_txt: "
                      "off)")
     for name, value in declared["headers"]:
-        lines.append(f"                {name}: {value}")
+        lines.append(f"                header: {name}: {value}")
     d = report["decision"]
-    if d["forward"]:
+    if document:
+        lines.append(f"decision:       answer {d['status']}: {document}, served by Gatekeeper "
+                     "whatever the policy says about the client")
+    elif d["forward"]:
         verdict = "forward to the upstream"
         if d["reason"] == "dry_run":
             verdict += f" (monitor mode: would have answered {d['would_status']})"

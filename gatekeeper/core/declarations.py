@@ -25,7 +25,7 @@ What each declaration says, per region and per crawler:
 |---|---|---|---|
 | allow, monitor | Allow | y / yes | 0 unless another AI purpose is refused |
 | rate_limit | Allow (a pace cannot be declared) | y / yes | as allow |
-| require_license | Allow, with `License:` | n / no | 1, `tdm-policy`: the RSL document |
+| require_license | Allow, with `License:` | n / no | 1, `tdm-policy`: the terms page |
 | block | Disallow | n / no | 1 |
 
 A licence path stays crawlable in robots.txt so that a crawler which honours
@@ -34,6 +34,17 @@ changes Allow or Disallow). Usage words and TDM reservation are per purpose: a
 word is "n" on a region where the policy refuses any crawler with one of its
 purposes, so the site-wide statement never promises more than is enforced;
 a crawler the policy treats better than its purpose gets its own group saying so.
+
+Groups. A crawler gets a group of its own when the policy blocks it somewhere,
+asks it for a licence somewhere, or treats it better than its purpose. Every
+group allows the public documents (`public_paths`), which the main listener
+serves whatever the policy says: a crawler pointed at the licence must be able
+to read it. The policy matches paths and robots.txt matches path and query, so
+every `P$` pattern of a region has a twin `P?*` with the same value. Older
+parsers (`urllib.robotparser`, `robotexclusionrulesparser`) take the first
+group whose user agent is a substring of the crawler's name, so groups are
+written longest token first, and a catalog crawler whose token contains the
+token of a group (`Baiduspider` and `Spider`) gets an explicit group of its own.
 
 The origin's robots.txt: in `merge` mode, its `*` rules are folded into every
 generated group (a group of its own takes the crawler out of `*`), so a group
@@ -44,9 +55,11 @@ reported in `Plan.conflicts`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from enum import StrEnum
+from functools import partial
+from typing import Final, TypeVar
 
 from gatekeeper.core.catalog import Crawler, Purpose
 from gatekeeper.core.model import Pattern, Policy, RobotsMode, Rule, UsageStatement
@@ -59,6 +72,9 @@ from gatekeeper.core.usage import Vocabularies, content_signal, content_usage
 _V = TypeVar("_V")
 
 ROOT = "/"
+ROBOTS_PATH: Final = "/robots.txt"
+TDMREP_PATH: Final = "/.well-known/tdmrep.json"
+JWKS_PATH: Final = "/.well-known/jwks.json"
 # Stands for "any text" in a representative path: no pattern or glob contains it,
 # and the gate's canonical paths never do either (they escape it as %7F).
 _ANY = "\x7f"
@@ -90,7 +106,18 @@ class Group:
 class TdmRule:
     location: str
     reserved: bool
-    policy: bool  # a licence is offered here: `tdm-policy` points at the RSL document
+    policy: bool  # a licence is offered here: `tdm-policy` points at the terms page
+
+
+class Limit(StrEnum):
+    """Why a pair is not declared exactly (docs/declarations.md, "What cannot be
+    declared exactly")."""
+
+    RATE = "rate limit"  # served at a pace: declared as allowed
+    HEADERS = "request headers"  # decided as if the request carried no headers
+    GLOB = "glob"  # a glob with no exact RFC 9309 form: a wider pattern
+    ORIGIN_WILDCARD = "origin wildcard"  # an origin `*` rule placed by one path
+    ORIGIN_CUT = "origin rules cut"  # more origin `*` rules than MAX_FOLDED
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +127,7 @@ class Note:
     crawler: str
     pattern: str
     reason: str
+    limit: Limit
 
 
 @dataclass(slots=True)
@@ -116,18 +144,23 @@ class Plan:
     tdm_policy: bool  # tdm-policy headers are sent (TDMRep is on)
     # Per region: the headers, and whether a licence is offered there.
     headers_by_region: dict[str, tuple[tuple[tuple[str, str], ...], bool]]
-    _cache: dict[tuple[str, str], tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    _cache: dict[tuple[str, str, str], tuple[tuple[str, str], ...]] = field(
+        default_factory=dict)
 
-    def headers_for(self, path: str, rsl_url: str = "") -> tuple[tuple[str, str], ...]:
-        """Declaration headers for a response on `path` (canonical path); `rsl_url`, the
-        absolute URL of the RSL document, goes into `tdm-policy` and `Link`."""
-        key = (path, rsl_url)
+    def headers_for(self, path: str, rsl_url: str = "",
+                    terms_url: str = "") -> tuple[tuple[str, str], ...]:
+        """Declaration headers for a response on `path` (canonical path). Where a
+        licence is offered, `Link` names `rsl_url`, the absolute URL of the RSL
+        document, and `tdm-policy` names `terms_url`, the absolute URL of the terms
+        page: TDMRep wants a policy a person (HTML) or an ODRL reader can act on."""
+        key = (path, rsl_url, terms_url)
         cached = self._cache.get(key)
         if cached is None:
             region = self.regions.best(path) or ROOT
             headers, offers = self.headers_by_region.get(region, ((), False))
-            if offers and rsl_url:
-                headers = headers + _licence_headers(rsl_url, self.tdm_policy)
+            if offers:
+                headers = headers + _licence_headers(
+                    rsl_url, terms_url if self.tdm_policy else "")
             cached = headers
             if len(self._cache) >= _MAX_CACHED_PATHS:
                 self._cache.clear()
@@ -136,6 +169,42 @@ class Plan:
 
     def group_for(self, crawler: str) -> Group | None:
         return next((g for g in self.groups if g.crawler == crawler), None)
+
+
+def public_document(policy: Policy, method: str, path: str, *,
+                    generated: bool = True) -> str | None:
+    """Which public document the main listener answers itself for `path`, never
+    gated: "robots.txt", "tdmrep.json", "license.xml", "terms", "jwks.json", or
+    None for a path the gate decides. `generated`: robots.txt and tdmrep.json are
+    derived here (a usage vocabulary is loaded). The keys are served only once a
+    signing key exists; the caller knows whether one does."""
+    if method not in ("GET", "HEAD"):
+        return None
+    settings = policy.declarations
+    if path == ROBOTS_PATH:
+        return "robots.txt" if generated and settings.robots_txt is not RobotsMode.OFF \
+            else None
+    if path == TDMREP_PATH:
+        return "tdmrep.json" if generated and settings.tdmrep else None
+    if path == policy.rsl_url:
+        return "license.xml"
+    if path == policy.license_terms_url:
+        return "terms"
+    if path == JWKS_PATH:
+        return "jwks.json"
+    return None
+
+
+def public_paths(policy: Policy, *, jwks: bool = True) -> tuple[str, ...]:
+    """The paths every generated group allows: the public documents (`jwks`: the
+    keys are served) and `/robots.txt`, which RFC 9309 always allows."""
+    found = [ROBOTS_PATH]
+    for path in (TDMREP_PATH, policy.rsl_url, policy.license_terms_url,
+                 *((JWKS_PATH,) if jwks else ())):
+        # An absolute URL (the RSL document hosted elsewhere) is no path of this site.
+        if path.startswith("/") and public_document(policy, "GET", path) is not None:
+            found.append(path)
+    return tuple(dict.fromkeys(found))
 
 
 def representative(pattern: str) -> str:
@@ -159,8 +228,10 @@ def plan(
     host: str = "",
     origin: RobotsRules | None = None,
     owners: Owners = NO_OWNERS,
+    jwks: bool = True,
 ) -> Plan:
-    """The declarations of `policy` for `host`; `origin` is the origin's robots.txt."""
+    """The declarations of `policy` for `host`; `origin` is the origin's robots.txt,
+    `jwks` whether the token keys are served (a signing key exists)."""
     settings = policy.declarations
     mode = settings.robots_txt
     catalog = tuple(crawlers)
@@ -186,7 +257,11 @@ def plan(
             by_region[pattern] = (free, barred)
             if free.conditional:
                 notes.append(Note(crawler.name, pattern, f"rule {free.conditional!r} "
-                                  "depends on request headers"))
+                                  "depends on request headers", Limit.HEADERS))
+            if free.verdict is Verdict.LIMIT:
+                notes.append(Note(crawler.name, pattern, f"rule {free.rule!r} sets a rate "
+                                  "limit, which no declaration can state: declared as "
+                                  "allowed", Limit.RATE))
     # Usage and TDM state the policy's own stance: the origin's Disallow lines are
     # declared by the origin's robots.txt itself.
     policy_stance = {name: {p: s[0] for p, s in by_region.items()}
@@ -195,7 +270,8 @@ def plan(
     site_words = _site_words(catalog, policy_stance, vocab, stated, patterns)
     folding = _Folding(origin, regions, mode, uses_robots, notes)
     groups, named, conflicts = _groups(catalog, judged, vocab, folding,
-                                       settings.content_usage, stated, site_words, notes)
+                                       settings.content_usage, stated, site_words,
+                                       public_paths(policy, jwks=jwks), notes)
     site_usage = {p: content_usage(words.items()) for p, words in site_words.items()}
     tdm = _tdm(catalog, policy_stance, vocab, stated, patterns)
     signal = _signal(catalog, policy_stance, vocab, stated) if settings.content_usage else ""
@@ -228,16 +304,18 @@ class _Folding:
         self.served = origin if mode is RobotsMode.MERGE else None
         self.origin = origin
         self.token = token
+        self.regions = regions
         self._settings = (regions, mode, uses_robots)
         fold = origin is not None and (self.served is not None or uses_robots)
         star = list(origin.patterns_for(token)) if origin is not None and fold else []
         if len(star) > MAX_FOLDED:
             notes.append(Note(who, ROOT, f"the origin's {token!r} group has {len(star)} "
                               f"rules; only the first {MAX_FOLDED} are repeated in generated "
-                              "groups"))
+                              "groups", Limit.ORIGIN_CUT))
             star = star[:MAX_FOLDED]
         notes.extend(Note(who, p, "the origin's pattern has a wildcard: folded into "
-                          "generated groups by a representative path") for p in star if "*" in p)
+                          "generated groups by a representative path", Limit.ORIGIN_WILDCARD)
+                     for p in star if "*" in p)
         # pattern -> (its policy region, the origin's group disallows it)
         self.rules: dict[str, tuple[str, bool]] = {}
         for pattern in star:
@@ -286,7 +364,8 @@ def _patterns(glob: Pattern, crawler: str, notes: list[Note], where: str) -> tup
     patterns, exact = glob_patterns(glob.text)
     if not exact:
         notes.extend(Note(crawler or "*", p, f"{where}: glob {glob.text!r} has no exact "
-                          "robots.txt form; declared with the nearest wider pattern")
+                          "robots.txt form; declared with the nearest wider pattern",
+                          Limit.GLOB)
                      for p in patterns)
     return patterns
 
@@ -319,9 +398,10 @@ def _groups(
     catalog: Sequence[Crawler], judged: dict[str, dict[str, tuple[Stance, Stance]]],
     vocab: Vocabularies, folding: _Folding, with_usage: bool,
     stated: dict[str, dict[str, bool]], site_words: dict[str, dict[str, bool]],
-    notes: list[Note],
+    public: Sequence[str], notes: list[Note],
 ) -> tuple[tuple[Group, ...], tuple[str, ...], tuple[str, ...]]:
-    groups: list[Group] = []
+    # Each crawler's group, written out only if kept, and whether it says more.
+    candidates: list[tuple[str, Callable[[], Group], bool]] = []
     named: list[str] = []
     conflicts: list[str] = []
     served = folding.served
@@ -330,42 +410,115 @@ def _groups(
         by_region = judged[crawler.name]
         if served is not None and served.names(crawler.robots_token):
             named.append(crawler.name)
-            conflicts.extend(_conflicts(crawler, by_region, served))
+            conflicts.extend(_conflicts(crawler, by_region, served, folding.regions))
             continue
         folding = star.for_token(crawler, notes)
-        # Every policy region and every folded origin rule, with what the group says.
-        declared: dict[str, bool] = {}
-        for pattern in by_region:
-            barred = folding.origin_disallows(pattern)
-            stance = by_region[pattern][barred]
-            declared[pattern] = not (served is not None and barred) and \
-                stance.verdict is not Verdict.BLOCK
-        for pattern, (region, barred) in folding.rules.items():
-            stance = by_region[region][barred]
-            declared.setdefault(pattern, not (served is not None and barred)
-                                and stance.verdict is not Verdict.BLOCK)
-        offers = any(s[0].verdict is Verdict.LICENSE for s in by_region.values())
-        # A group of its own only where it says more than the origin's `*` rules do: a
-        # licence alone needs none, the global `License:` line covers it.
+        declared = _declared(by_region, folding, served is not None)
+        # A group of its own where it says more than the origin's `*` rules do: a
+        # Disallow of the policy's, a licence offered (its group names the licence),
+        # or usage words other than the site-wide ones.
         adds = any(not allowed and not (served is not None and folding.origin_disallows(p))
                    for p, allowed in declared.items())
+        offers = any(s[0].verdict is Verdict.LICENSE for s in by_region.values())
         words = _crawler_words(crawler, by_region, vocab, stated)
         # Served better than its purpose: the site-wide "n" is not what it gets.
         differs = with_usage and any(site_words[p][w] != v for p, ws in words.items()
                                      for w, v in ws.items())
-        if not adds and not differs:
-            continue
-        usage: tuple[tuple[str, str], ...] = ()
-        if with_usage and vocab.aipref.words_for(crawler.purpose):
-            usage = _per_pattern({p: content_usage(ws.items()) for p, ws in words.items()})
-        groups.append(Group(crawler.robots_token, crawler.name, _lines(declared), offers, usage))
-    return tuple(groups), tuple(named), tuple(conflicts)
+        for path in public:
+            # Served whatever the policy says: a crawler told where the licence is
+            # must be allowed to read it, with or without a query.
+            declared[path + "$"] = declared[_query_twin(path + "$")] = True
+        usage = with_usage and bool(vocab.aipref.words_for(crawler.purpose))
+        candidates.append((crawler.robots_token, partial(
+            _group, crawler, declared, offers, words if usage else None),
+            adds or offers or differs))
+    agents = _agents(served.text) if served is not None else ()
+    groups = [write() for write in _for_substring_parsers(candidates, agents)]
+    # Longest token first: a parser that takes the first group whose user agent is a
+    # substring of the crawler's name then finds the crawler's own group first.
+    ordered = sorted(groups, key=lambda g: (-len(g.token), g.token.lower()))
+    return tuple(ordered), tuple(named), tuple(conflicts)
+
+
+def _group(crawler: Crawler, declared: dict[str, bool], offers: bool,
+           words: dict[str, dict[str, bool]] | None) -> Group:
+    usage = _per_pattern({p: content_usage(ws.items()) for p, ws in words.items()}) \
+        if words is not None else ()
+    return Group(crawler.robots_token, crawler.name, _lines(declared), offers, usage)
+
+
+def _declared(by_region: dict[str, tuple[Stance, Stance]], folding: _Folding,
+              merged: bool) -> dict[str, bool]:
+    """What a group says for every policy region and every folded origin rule: allowed
+    where the origin allows it (merge mode) and the policy does not block."""
+    def says(region: str, pattern: str) -> bool:
+        barred = folding.origin_disallows(pattern)
+        return not (merged and barred) and by_region[region][barred].verdict is not \
+            Verdict.BLOCK
+
+    declared: dict[str, bool] = {}
+    for pattern in by_region:
+        declared[pattern] = says(pattern, pattern)
+    for pattern in by_region:
+        # The policy ignores the query and robots.txt does not: `/a$` does not match
+        # `/a?x`, `/a?*` does, with the origin's verdict for the path with a query.
+        if pattern.endswith("$"):
+            declared.setdefault(_query_twin(pattern), says(pattern, _query_twin(pattern)))
+    for pattern, (region, barred) in folding.rules.items():
+        stance = by_region[region][barred]
+        declared.setdefault(pattern, not (merged and barred)
+                            and stance.verdict is not Verdict.BLOCK)
+    return declared
+
+
+def _query_twin(pattern: str) -> str:
+    # `P?*`, not `P?`: the same paths in RFC 9309, and `urllib.robotparser`, which
+    # drops a final `?` and would read `P?` as the prefix `P`, never matches it.
+    return pattern[:-1] + "?*"
+
+
+def _agents(text: str) -> tuple[str, ...]:
+    """The user agents the origin's file names, lower case, `*` left out."""
+    out = []
+    for line in text.splitlines():
+        name, colon, value = line.split("#", 1)[0].partition(":")
+        if colon and name.strip().lower() == "user-agent" and value.strip() not in ("", "*"):
+            out.append(value.strip().lower())
+    return tuple(dict.fromkeys(out))
+
+
+def _for_substring_parsers(candidates: Sequence[tuple[str, _V, bool]],
+                           origin_agents: Iterable[str]) -> list[_V]:
+    """Of (token, group, says more than `*`), the groups to write: those that say more,
+    and those of crawlers whose token contains the user agent of a written group
+    (`Baiduspider`, `Spider`).
+
+    RFC 9309 gives a crawler without a group of its own the `*` group, but
+    `urllib.robotparser` and `robotexclusionrulesparser` take the first group whose
+    user agent is a substring of the crawler's name: without a group of its own,
+    Baiduspider would read Spider's. An explicit group repeats what `*` says for it.
+    """
+    written = set(origin_agents)
+    keep = [needed for _, _, needed in candidates]
+    written.update(token.lower() for (token, _, _), kept in zip(candidates, keep, strict=True)
+                   if kept)
+    changed = True
+    while changed:  # a group added for one crawler can shadow another's name
+        changed = False
+        for index, (name, _, _) in enumerate(candidates):
+            token = name.lower()
+            if not keep[index] and any(agent != token and agent in token for agent in written):
+                keep[index] = changed = True
+                written.add(token)
+    return [group for (_, group, _), kept in zip(candidates, keep, strict=True) if kept]
 
 
 def _lines(declared: dict[str, bool]) -> tuple[Line, ...]:
     # Longest first: parsers that take the first match (Python's robotparser, the
     # classic ones) then agree with RFC 9309's longest match on plain prefixes.
-    ordered = sorted(_pruned(declared).items(), key=lambda item: (-len(item[0]), item[0]))
+    # Allow first among patterns of one length, as RFC 9309 settles a tie.
+    ordered = sorted(_pruned(declared).items(),
+                     key=lambda item: (-len(item[0]), not item[1], item[0]))
     return tuple(Line(allowed, pattern) for pattern, allowed in ordered)
 
 
@@ -374,28 +527,48 @@ def _pruned(values: dict[str, _V]) -> dict[str, _V]:
 
     Without a pattern, its region falls to the longest shorter pattern that is a prefix
     of it (its parent); with the same value there, the pattern says nothing. Exact
-    when no pattern has a `*` (a wildcard could match in between), so then nothing
-    is pruned.
+    when no pattern has a `*` before its end (a wildcard could match in between), so
+    then nothing is pruned; a final `*` adds nothing to a prefix.
     """
-    if any("*" in pattern for pattern in values):
+    if any("*" in _literal(pattern) for pattern in values):
         return values
-    prefixes = sorted((p for p in values if not p.endswith("$")), key=len, reverse=True)
+    prefixes: dict[str, list[str]] = {}  # the prefix patterns by their text
+    for pattern in values:
+        if not pattern.endswith("$"):
+            prefixes.setdefault(_literal(pattern), []).append(pattern)
     out = {}
     for pattern, value in values.items():
-        literal = pattern.rstrip("$")
-        parent = next((p for p in prefixes if len(p) < len(pattern) and literal.startswith(p)
-                       and p != pattern), None)
+        literal = _literal(pattern)
+        parent = None
+        # The prefixes of its text, longest first: one lookup each, not one per pattern.
+        for end in range(len(literal), -1, -1):
+            found = [p for p in prefixes.get(literal[:end], ())
+                     if p != pattern and len(p) < len(pattern)]
+            if found:
+                parent = max(found, key=len)
+                break
         if parent is None or values[parent] != value:
             out[pattern] = value
     return out
 
 
+def _literal(pattern: str) -> str:
+    """A pattern's text without its final `$` or final `*`."""
+    return pattern[:-1] if pattern.endswith(("$", "*")) else pattern
+
+
 def _conflicts(crawler: Crawler, by_region: dict[str, tuple[Stance, Stance]],
-               origin: RobotsRules) -> list[str]:
+               origin: RobotsRules, regions: PatternSet) -> list[str]:
+    """Where the origin's group for the crawler and the policy disagree: at each policy
+    region, and at each of the group's own patterns, placed in its region."""
+    token = crawler.robots_token
+    places = {pattern: pattern for pattern in by_region}
+    for pattern in origin.patterns_for(token)[:MAX_FOLDED]:
+        places.setdefault(pattern, regions.best(representative(pattern)) or ROOT)
     out = []
-    for pattern, stances in by_region.items():
-        verdict = origin.verdict(crawler.robots_token, representative(pattern))
-        stance = stances[not verdict.allowed]
+    for pattern, region in places.items():
+        verdict = origin.verdict(token, representative(pattern))
+        stance = by_region[region][not verdict.allowed]
         if stance.verdict is Verdict.BLOCK and verdict.allowed:
             out.append(f"{crawler.robots_token}: the origin's robots.txt allows {pattern} "
                        f"({verdict.rule or 'no rule'}) but the policy blocks it (rule "
@@ -416,6 +589,9 @@ def _crawler_words(crawler: Crawler, by_region: dict[str, tuple[Stance, Stance]]
 
 
 def _per_pattern(values: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """Usage statements per pattern, each `P$` with its twin `P?*` (see `_declared`)."""
+    values = values | {_query_twin(p): v for p, v in values.items()
+                       if p.endswith("$") and _query_twin(p) not in values}
     ordered = sorted(_pruned(values).items(),
                      key=lambda item: (item[0] != ROOT, -len(item[0]), item[0]))
     return tuple(ordered)
@@ -486,6 +662,10 @@ def _headers(usage: dict[str, str], tdm: list[TdmRule], with_usage: bool, with_t
     return out
 
 
-def _licence_headers(rsl_url: str, tdm_policy: bool) -> tuple[tuple[str, str], ...]:
-    link = ("Link", f'<{rsl_url}>; rel="license"; type="{RSL_MEDIA_TYPE}"')
-    return (("tdm-policy", rsl_url), link) if tdm_policy else (link,)
+def _licence_headers(rsl_url: str, terms_url: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    if terms_url:
+        out.append(("tdm-policy", terms_url))
+    if rsl_url:
+        out.append(("Link", f'<{rsl_url}>; rel="license"; type="{RSL_MEDIA_TYPE}"'))
+    return tuple(out)

@@ -5,9 +5,9 @@ reads the origin's rules as the origin wrote them:
 
 1. A comment saying what the file is, and a global `License:` line (RSL) when
    the policy offers licences.
-2. The generated groups, one per crawler the policy refuses somewhere. They come
-   first so that a parser's size limit (RFC 9309 §2.5: at least 500 KiB) can only
-   cut the origin's part, never a refusal.
+2. The generated groups (`gatekeeper.core.declarations`), longest user agent
+   first. They come first so that a parser's size limit (RFC 9309 §2.5: at least
+   500 KiB) can only cut the origin's part, never a refusal.
 3. The origin's file as it was (merge mode), with the site-wide `Content-Usage:`
    and `Content-Signal:` lines inserted right after the user-agent lines of its
    first `*` group. Non-rule lines do not end a group (RFC 9309 §2.2.4), so the
@@ -82,20 +82,21 @@ def _group(group: Group, license_url: str) -> str:
                  for line in group.lines)
     if group.license and license_url:
         lines.append(f"License: {license_url}\n")
-    lines.extend(_usage_line(pattern, value) for pattern, value in group.usage)
+    lines.extend(usage_line(pattern, value) for pattern, value in group.usage)
     lines.append("\n")
     return "".join(lines)
 
 
 def _usage_lines(plan: Plan) -> list[str]:
-    lines = [_usage_line(pattern, value) for pattern, value in plan.usage]
+    lines = [usage_line(pattern, value) for pattern, value in plan.usage]
     if plan.signal:
         lines.append(f"Content-Signal: {plan.signal}\n")
     return lines
 
 
-def _usage_line(pattern: str, value: str) -> str:
-    # draft-ietf-aipref-attach: an optional path, then the preference.
+def usage_line(pattern: str, value: str) -> str:
+    """A `Content-Usage:` line (draft-ietf-aipref-attach: an optional path, then the
+    preference)."""
     if pattern == ROOT:
         return f"Content-Usage: {value}\n"
     return f"Content-Usage: {pattern} {value}\n"

@@ -58,7 +58,7 @@ def vocabularies_from(data: Mapping[str, object]) -> Vocabularies:
     return Vocabularies(
         aipref=_vocabulary("aipref", data.get("aipref")),
         content_signals=_vocabulary("content_signals", data.get("content_signals")),
-        tdm_pinned=str(tdm.get("pinned", "")),
+        tdm_pinned=_pinned(tdm, "tdmrep"),
         tdm_reserved_by=_purposes(tdm.get("reserved_by"), "tdmrep.reserved_by"),
     )
 
@@ -83,7 +83,15 @@ def _vocabulary(name: str, node: object) -> Vocabulary:
                 c.islower() or c.isdigit() or c in "_-.*" for c in word):
             raise VocabularyError(f"{name}.words: {word!r} is not a valid dictionary key")
         out.append((word, _purposes(purposes, f"{name}.words.{word}")))
-    return Vocabulary(name, str(section.get("pinned", "")), tuple(out))
+    return Vocabulary(name, _pinned(section, name), tuple(out))
+
+
+def _pinned(section: Mapping[str, object], where: str) -> str:
+    # The words follow drafts that still move: each vocabulary names the one it follows.
+    pinned = section.get("pinned")
+    if not isinstance(pinned, str) or not pinned.strip():
+        raise VocabularyError(f"{where}.pinned: expected the name of the text it follows")
+    return pinned
 
 
 def _mapping(node: object, where: str) -> Mapping[str, object]:

@@ -29,8 +29,8 @@ from typing import Final, Protocol
 from aiohttp import web
 
 from gatekeeper.core.catalog import Crawler
-from gatekeeper.core.declarations import Plan, plan
-from gatekeeper.core.model import Policy, RobotsMode
+from gatekeeper.core.declarations import JWKS_PATH, Plan, plan, public_document
+from gatekeeper.core.model import Policy
 from gatekeeper.core.owners import NO_OWNERS, Owners, Stance
 from gatekeeper.core.robots import RobotsRules
 from gatekeeper.core.rsl import RSL_MEDIA_TYPE, render_rsl
@@ -41,9 +41,6 @@ from gatekeeper.core.usage import Vocabularies
 from gatekeeper.declare import robots_document
 from gatekeeper.observe import logging as gk_logging
 
-JWKS_PATH: Final = "/.well-known/jwks.json"
-ROBOTS_PATH: Final = "/robots.txt"
-TDMREP_PATH: Final = "/.well-known/tdmrep.json"
 _MAX_CACHED: Final = 256
 # Plans are keyed by what they depend on, not by host: hosts are chosen by clients.
 _MAX_PLANS: Final = 16
@@ -94,22 +91,10 @@ class Documents:
     def kind(self, method: str, path: str) -> str | None:
         """Which document `path` is ("robots.txt", "tdmrep.json", "license.xml",
         "terms", "jwks.json"), or None for paths the gate decides."""
-        if method not in ("GET", "HEAD"):
-            return None
-        policy = self._policy()
-        declarations = policy.declarations
-        if path == ROBOTS_PATH:
-            usable = self._vocab is not None and declarations.robots_txt is not RobotsMode.OFF
-            return "robots.txt" if usable else None
-        if path == TDMREP_PATH:
-            return "tdmrep.json" if self._vocab is not None and declarations.tdmrep else None
-        if path == policy.rsl_url:
-            return "license.xml"
-        if path == policy.license_terms_url:
-            return "terms"
-        if path == JWKS_PATH:
-            return "jwks.json" if self._jwks() is not None else None
-        return None
+        kind = public_document(self._policy(), method, path, generated=self._vocab is not None)
+        if kind == "jwks.json" and self._jwks() is None:
+            return None  # no signing key yet: the path is the origin's
+        return kind
 
     async def answer(self, kind: str, method: str, query: str, host: str, scheme: str,
                      accept: str, authority: str = "") -> web.Response:
@@ -121,7 +106,7 @@ class Documents:
             return await self._robots(policy, host, site)
         if kind == "tdmrep.json":
             doc = render_tdmrep(self.plan(policy, host, self._peek(host)),
-                                _absolute(site, policy.rsl_url))
+                                _absolute(site, policy.license_terms_url))
             return _response(method, doc, "application/json")
         if kind == "jwks.json":
             jwks = self._jwks() or {}
@@ -159,14 +144,14 @@ class Documents:
         declarations = policy.declarations
         if not (declarations.tdmrep or declarations.content_usage):
             return ()
-        rsl = policy.rsl_url
-        if rsl.startswith("/"):
-            rsl = f"{scheme}://{authority or host}{rsl}"
+        site = f"{scheme}://{authority or host}"
+        rsl = _absolute(site, policy.rsl_url)
+        terms = _absolute(site, policy.license_terms_url)
         origin = self._peek(host)
         if not build:
             cached = self._plans.get(self._key(policy, self._owners(), host, origin))
-            return cached[0].headers_for(path, rsl) if cached is not None else None
-        return self.plan(policy, host, origin).headers_for(path, rsl)
+            return cached[0].headers_for(path, rsl, terms) if cached is not None else None
+        return self.plan(policy, host, origin).headers_for(path, rsl, terms)
 
     def plan(self, policy: Policy, host: str, origin: RobotsRules | None) -> Plan:
         """The declarations for `host` (cached; see `gatekeeper.core.declarations`)."""
@@ -177,7 +162,7 @@ class Documents:
         if cached is not None:
             return cached[0]
         found = plan(policy, self._crawlers, self._vocab, host=host, origin=origin,
-                     owners=owners)
+                     owners=owners, jwks=self._jwks() is not None)
         return self._keep(key, found, policy, owners)
 
     async def build_plan(self, host: str) -> None:
@@ -194,7 +179,7 @@ class Documents:
         if pending is None:
             pending = asyncio.ensure_future(asyncio.to_thread(
                 plan, policy, self._crawlers, self._vocab, host=host, origin=origin,
-                owners=owners))
+                owners=owners, jwks=self._jwks() is not None))
             self._building[key] = pending
             pending.add_done_callback(lambda _: self._building.pop(key, None))
         found = await asyncio.shield(pending)

@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
+from gatekeeper.core.robots import RobotsRules
 from tests.integration.conftest import StartGate, Upstream
 from tests.support.declared import DeclaredRobots, parse_usage
 
@@ -97,19 +99,61 @@ async def test_tdmrep_json_and_response_headers_agree(
     assert headers["content-type"] == ["application/json"]
     rules = json.loads(body)
     rsl = gk.url + "/license.xml"
-    assert {"location": "/premium/", "tdm-reservation": 1, "tdm-policy": rsl} in rules
+    terms = gk.url + "/.well-known/gatekeeper/licenses"
+    assert {"location": "/premium/", "tdm-reservation": 1, "tdm-policy": terms} in rules
     assert rules[-1] == {"location": "/", "tdm-reservation": 1}
+    # The TDM policy is a page a person reads (TDMRep: text/html is human-readable).
+    _, page, _ = await _get(terms)
+    assert page["content-type"] == ["text/html; charset=utf-8"]
 
     status, headers, _ = await _get(gk.url + "/premium/story")
     assert status == 200  # a browser: forwarded, with the declarations for the path
     assert headers["tdm-reservation"] == ["1"]
-    assert headers["tdm-policy"] == [rsl]
+    assert headers["tdm-policy"] == [terms]
     assert f'<{rsl}>; rel="license"; type="application/rsl+xml"' in headers["link"]
     assert parse_usage(headers["content-usage"][0]) == {"train-ai": False, "search": True}
     _, headers, _ = await _get(gk.url + "/free/story")
     assert headers["tdm-reservation"] == ["1"]
     assert "tdm-policy" not in headers
     assert "link" not in headers
+
+
+async def test_a_blocked_crawler_is_allowed_the_licence_it_is_pointed_at(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url, "version: 1\ndefault: block\n"
+                                "licenses: [{name: t, usages: [ai-train]}]\nrules: []\n")
+    _, _, body = await _get(gk.url + "/robots.txt", GPTBOT)
+    assert DeclaredRobots.parse(body.decode()).licence_for("GPTBot") == [gk.url + "/license.xml"]
+    served = RobotsRules.parse(body)
+    for path in ("/license.xml", "/.well-known/tdmrep.json", "/.well-known/gatekeeper/licenses",
+                 "/.well-known/gatekeeper/licenses?format=json"):
+        assert served.verdict("GPTBot", path).allowed, path
+        status, _, _ = await _get(gk.url + path, GPTBOT)
+        assert status == 200, path
+    assert not served.verdict("GPTBot", "/articles/1").allowed
+
+
+async def test_a_contradicting_origin_group_is_logged_once(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    upstream.robots_txt = "User-agent: GPTBot\nDisallow: /x/\n"
+    gk = await start_gatekeeper(upstream.url, "version: 1\nrules:\n  - {name: welcome, "
+                                "match: {crawlers: [GPTBot]}, action: allow}\n",
+                                robots_compliance=False)
+    with capture_logs() as logs:
+        for _ in range(2):
+            status, _, body = await _get(gk.url + "/robots.txt", GPTBOT)
+            assert status == 200
+    conflicts = [entry for entry in logs if entry["event"] == "robots_txt_conflict"]
+    assert conflicts == [{
+        "event": "robots_txt_conflict", "log_level": "warning",
+        "detail": "GPTBot: the origin's robots.txt disallows /x/ (Disallow: /x/) but the "
+                  "policy serves it (rule 'welcome')"}]
+    # The origin's own group is served; the gate still follows the policy.
+    assert b"User-agent: GPTBot\nDisallow: /x/" in body
+    status, _, _ = await _get(gk.url + "/x/1", GPTBOT)
+    assert status == 200
 
 
 @pytest.fixture

@@ -2,20 +2,23 @@
 
 A crawler does not see a `Plan`: it reads robots.txt, the `Content-Usage` and
 `tdm-*` headers and tdmrep.json. These helpers parse those texts (robots.txt with
-the RFC 9309 matcher, `Content-Usage` lines by the aipref attachment rules,
-headers as RFC 9651 dictionaries, TDMRep by first match) so tests compare what
-is declared, as parsed, with what the gate enforces.
+the RFC 9309 matcher and with the classic first-match parsers, `Content-Usage`
+lines by the aipref attachment rules, `Content-Signal` and headers as RFC 9651
+dictionaries, TDMRep by first match) so tests compare what is declared, as
+parsed, with what the gate enforces.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import urllib.robotparser
 from dataclasses import dataclass, field
 
 import http_sf
+import robotexclusionrulesparser
 
-from gatekeeper.core.robots import PatternSet
+from gatekeeper.core.robots import PatternSet, RobotsRules
 
 _LINE = re.compile(r"\r\n|\r|\n")
 
@@ -100,6 +103,44 @@ def parse_usage(value: str) -> dict[str, bool]:
         assert token in ("y", "n"), f"{word}={token!r} is not y or n"
         out[word] = token == "y"
     return out
+
+
+def parse_signal(value: str) -> dict[str, bool]:
+    """A Content Signals statement (`search=yes, ai-train=no`)."""
+    parsed = http_sf.parse(value.encode(), tltype="dictionary")
+    out = {}
+    for word, (item, _params) in parsed.items():
+        token = str(item)
+        assert token in ("yes", "no"), f"{word}={token!r} is not yes or no"
+        out[word] = token == "yes"
+    return out
+
+
+class ClassicReaders:
+    """robots.txt as Python's `urllib.robotparser` and `robotexclusionrulesparser`
+    read it: the first group whose user agent is a substring of the crawler's name,
+    the first rule in it that matches. `urllib.robotparser` knows no `*` or `$`."""
+
+    def __init__(self, text: str) -> None:
+        self.rfc9309 = RobotsRules.parse(text.encode())
+        self._rep = robotexclusionrulesparser.RobotExclusionRulesParser()
+        self._rep.parse(text)
+        self._stdlib = urllib.robotparser.RobotFileParser()
+        self._stdlib.parse(text.splitlines())
+
+    def assert_agree(self, token: str, path: str) -> bool:
+        """Both read `path` for `token` as RFC 9309 does; the verdict."""
+        verdict = self.rfc9309.verdict(token, path)
+        assert self._rep.is_allowed(token, path) is verdict.allowed, (
+            "robotexclusionrulesparser", token, path, verdict)
+        pattern = verdict.rule.partition(": ")[2]
+        # RFC 9309 always allows /robots.txt; the served `Allow: /robots.txt$` says so
+        # to the parsers that read `$`.
+        robots_txt = path == "/robots.txt" or path.startswith("/robots.txt?")
+        if "*" not in pattern and "$" not in pattern and not robots_txt:
+            assert self._stdlib.can_fetch(token, path) is verdict.allowed, (
+                "urllib.robotparser", token, path, verdict)
+        return verdict.allowed
 
 
 def tdm_first_match(document: bytes, path: str) -> dict[str, object] | None:

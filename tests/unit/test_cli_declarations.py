@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from gatekeeper.core.robots import RobotsRules
 from tests.unit.test_cli import ROOT, gk
 
@@ -37,8 +39,31 @@ def test_declarations_only_tdmrep_is_json_for_a_licence_policy() -> None:
              str(ROOT / "policies" / "examples" / "license-first.yaml"))
     assert out.returncode == 0, out.stderr
     rules = json.loads(out.stdout)
+    # TDMRep's policy is the terms page (HTML), not the RSL document.
     assert rules[-1] == {"location": "/", "tdm-reservation": 1,
-                         "tdm-policy": "https://localhost/license.xml"}
+                         "tdm-policy": "https://localhost/.well-known/gatekeeper/licenses"}
+
+
+def test_declarations_headers_name_the_terms_page_and_link_the_rsl_document() -> None:
+    out = gk("declarations", "--only", "headers", "--policy",
+             str(ROOT / "policies" / "examples" / "license-first.yaml"))
+    assert out.returncode == 0, out.stderr
+    root = next(line for line in out.stdout.splitlines() if line.startswith("/ "))
+    assert "tdm-policy: https://localhost/.well-known/gatekeeper/licenses" in root
+    assert 'Link: <https://localhost/license.xml>; rel="license"' in root
+
+
+def test_declarations_give_a_licence_only_crawler_its_group(tmp_path: Path) -> None:
+    policy = tmp_path / "licence.yaml"
+    policy.write_text("version: 1\nlicenses: [{name: t, usages: [ai-train]}]\nrules:\n"
+                      "  - {match: {purposes: [ai-training]}, action: "
+                      "{require_license: {any_of: [t]}}}\n")
+    out = gk("declarations", "--only", "robots.txt", "--policy", str(policy))
+    assert out.returncode == 0, out.stderr
+    group = out.stdout.split("User-agent: GPTBot\n", 1)[1].split("\n\n", 1)[0]
+    assert "Allow: /\n" in group + "\n"
+    assert "License: https://localhost/license.xml" in group
+    assert "Content-Usage: train-ai=n" in group
 
 
 def test_check_reports_an_origin_group_that_contradicts_the_policy(tmp_path: Path) -> None:
@@ -52,6 +77,25 @@ def test_check_reports_an_origin_group_that_contradicts_the_policy(tmp_path: Pat
     fine.write_text("User-agent: *\nDisallow: /private/\n")
     assert gk("check", str(ROOT / "policies" / "default.yaml"), "--robots-txt",
               str(fine)).returncode == 0
+
+
+def test_check_reports_an_origin_disallow_the_policy_does_not_enforce(tmp_path: Path) -> None:
+    origin = tmp_path / "robots.txt"
+    origin.write_text("User-agent: GPTBot\nDisallow: /x/\n")
+    policy = tmp_path / "welcome.yaml"
+    policy.write_text("version: 1\nrules:\n  - {name: welcome, match: {crawlers: [GPTBot]}, "
+                      "action: allow}\n")
+    out = gk("check", str(policy), "--robots-txt", str(origin))
+    assert out.returncode == 1
+    assert (f"{policy}: conflict with {origin}: GPTBot: the origin's robots.txt disallows /x/ "
+            "(Disallow: /x/) but the policy serves it (rule 'welcome')") in out.stderr
+
+
+def test_check_notes_each_rate_limit_it_cannot_declare() -> None:
+    out = gk("check", str(ROOT / "policies" / "default.yaml"))
+    assert out.returncode == 0, out.stderr
+    assert ("note: /: rule 'rate-limit-ai-assistants' sets a rate limit, which no "
+            "declaration can state: declared as allowed") in out.stderr
 
 
 def test_check_notes_a_glob_robots_txt_cannot_state_exactly(tmp_path: Path) -> None:
@@ -68,7 +112,51 @@ def test_explain_shows_what_is_declared_for_the_path() -> None:
     assert out.returncode == 0, out.stderr
     assert ("declared:       served robots.txt disallows this path for GPTBot (Disallow: /), "
             "generated from the policy") in out.stdout
-    assert "Content-Usage: train-ai=n, search=y" in out.stdout
+    assert "                header: Content-Usage: train-ai=n, search=y" in out.stdout
+    # The lines of its robots.txt group that apply to it, and the site-wide signal.
+    assert "                robots.txt: Content-Usage: train-ai=n\n" in out.stdout
+    assert ("                robots.txt: Content-Signal: search=yes, ai-input=yes, "
+            "ai-train=no") in out.stdout
     report = json.loads(gk("explain", "--ua", GPTBOT, "--path", "/a", "--json").stdout)
     assert report["declarations"]["robots_txt"]["allowed"] is False
     assert ["tdm-reservation", "1"] in report["declarations"]["headers"]
+
+
+def test_explain_shows_the_licence_line_that_applies_to_the_crawler() -> None:
+    out = gk("explain", "--ua", GPTBOT, "--path", "/premium/a", "--policy",
+             str(ROOT / "policies" / "examples" / "license-first.yaml"), "--json")
+    assert out.returncode == 0, out.stderr
+    lines = json.loads(out.stdout)["declarations"]["robots_txt"]["lines"]
+    assert lines == ["Content-Usage: train-ai=n", "License: https://localhost/license.xml",
+                     "Content-Signal: search=yes, ai-input=no, ai-train=no"]
+
+
+@pytest.mark.parametrize("path", ["/robots.txt", "/license.xml", "/.well-known/tdmrep.json",
+                                  "/.well-known/gatekeeper/licenses?format=json"])
+def test_explain_answers_a_public_document_as_the_proxy_does(tmp_path: Path,
+                                                             path: str) -> None:
+    policy = tmp_path / "block.yaml"
+    policy.write_text("version: 1\ndefault: block\nrules: []\n")
+    out = gk("explain", "--ua", GPTBOT, "--path", path, "--policy", str(policy))
+    assert out.returncode == 0, out.stderr
+    kind = {"/robots.txt": "robots.txt", "/license.xml": "license.xml",
+            "/.well-known/tdmrep.json": "tdmrep.json"}.get(path, "terms")
+    assert (f"rule:           declarations -> allow ({kind} is a public document, "
+            "never gated)") in out.stdout
+    assert (f"decision:       answer 200: {kind}, served by Gatekeeper whatever the policy "
+            "says about the client") in out.stdout
+    assert "answer 403" not in out.stdout
+    assert "header: tdm-reservation" not in out.stdout  # only forwarded responses
+    # Every generated group allows it, so the declared verdict agrees.
+    assert "served robots.txt allows this path for GPTBot" in out.stdout
+
+
+def test_explain_leaves_the_keys_to_the_gate_until_a_signing_key_exists(
+        tmp_path: Path) -> None:
+    policy = tmp_path / "block.yaml"
+    policy.write_text("version: 1\ndefault: block\nrules: []\n")
+    out = gk("explain", "--ua", GPTBOT, "--path", "/.well-known/jwks.json", "--policy",
+             str(policy), env={"GATEKEEPER_STATE_DIR": str(tmp_path / "state")})
+    assert out.returncode == 0, out.stderr
+    assert "rule:           default -> block" in out.stdout
+    assert "answer 403" in out.stdout

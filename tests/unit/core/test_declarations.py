@@ -11,20 +11,36 @@ import pytest
 import robotexclusionrulesparser
 
 from gatekeeper.catalog_loader import load_catalog
-from gatekeeper.core.declarations import Plan, glob_patterns, plan, representative
+from gatekeeper.core.declarations import (
+    Limit,
+    Plan,
+    glob_patterns,
+    plan,
+    public_document,
+    public_paths,
+    representative,
+)
 from gatekeeper.core.globs import compile_path_glob
 from gatekeeper.core.model import Policy
 from gatekeeper.core.owners import Owner, Owners, Stance
 from gatekeeper.core.robots import PARSE_LIMIT, RobotsRules
 from gatekeeper.core.robots_txt import render_robots
+from gatekeeper.core.stance import Verdict, stance_of
 from gatekeeper.core.tdmrep import render_tdmrep
 from gatekeeper.policy.loader import load_default_policy, load_policy_text
 from gatekeeper.vocabulary_loader import load_vocabularies
-from tests.support.declared import DeclaredRobots, parse_usage, tdm_first_match
+from tests.support.declared import (
+    ClassicReaders,
+    DeclaredRobots,
+    parse_signal,
+    parse_usage,
+    tdm_first_match,
+)
 
 CATALOG = load_catalog()
 VOCAB = load_vocabularies()
 RSL = "https://example.com/license.xml"
+TERMS = "https://example.com/.well-known/gatekeeper/licenses"
 GPTBOT = "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2)"
 
 
@@ -48,7 +64,9 @@ def test_default_policy_disallows_training_crawlers_but_not_the_declarations() -
     group = found.group_for("GPTBot")
     assert group is not None
     assert [(line.allow, line.pattern) for line in group.lines] == [
-        (True, "/.well-known$"), (True, "/.well-known/"), (True, "/robots.txt$"), (False, "/")]
+        (True, "/.well-known?*"), (True, "/license.xml?*"), (True, "/.well-known$"),
+        (True, "/.well-known/"), (True, "/license.xml$"), (True, "/robots.txt?*"),
+        (True, "/robots.txt$"), (False, "/")]
     rules = RobotsRules.parse(text.encode())
     assert not rules.verdict("GPTBot", "/articles/1").allowed
     assert rules.verdict("GPTBot", "/.well-known/tdmrep.json").allowed
@@ -61,7 +79,44 @@ def test_default_policy_disallows_training_crawlers_but_not_the_declarations() -
 def test_every_refused_training_crawler_gets_a_group_by_its_robots_token() -> None:
     found, _ = _robots(load_default_policy(CATALOG))
     training = {c.robots_token for c in CATALOG if c.purpose.value == "ai-training"}
-    assert {g.token for g in found.groups} == training
+    tokens = {g.token for g in found.groups}
+    assert training <= tokens
+    # The others are there only for parsers that match user agents by substring.
+    for extra in tokens - training:
+        assert any(t.lower() in extra.lower() for t in training if t != extra), extra
+
+
+def test_groups_are_written_longest_user_agent_first() -> None:
+    found, _ = _robots(load_default_policy(CATALOG))
+    assert [len(g.token) for g in found.groups] == sorted(
+        (len(g.token) for g in found.groups), reverse=True)
+
+
+def test_a_crawler_whose_name_contains_a_grouped_token_gets_a_group_of_its_own() -> None:
+    # The default policy refuses the training crawler `Spider`; urllib.robotparser
+    # would give Baiduspider, a search engine it serves, Spider's `Disallow: /`.
+    found, text = _robots(load_default_policy(CATALOG))
+    assert found.group_for("Spider") is not None
+    group = found.group_for("Baiduspider")
+    assert group is not None
+    assert [(line.allow, line.pattern) for line in group.lines] == [(True, "/")]
+    assert group.usage == (("/", "search=y"),)
+    stdlib = urllib.robotparser.RobotFileParser()
+    stdlib.parse(text.splitlines())
+    assert stdlib.can_fetch("Baiduspider", "/articles/1")
+    assert not stdlib.can_fetch("Spider", "/articles/1")
+
+
+def test_an_origin_group_shadowing_a_catalog_name_gets_that_crawler_a_group() -> None:
+    # The origin's `Googlebot` group would be Googlebot-Image's in a substring parser.
+    origin = "User-agent: Googlebot\nDisallow: /news/\n"
+    found, text = _robots(_policy("rules: []\n"), origin)
+    assert found.group_for("Googlebot") is None
+    assert found.group_for("Googlebot-Image") is not None
+    classic = robotexclusionrulesparser.RobotExclusionRulesParser()
+    classic.parse(text)
+    assert classic.is_allowed("Googlebot-Image", "/news/1")
+    assert not classic.is_allowed("Googlebot", "/news/1")
 
 
 def test_site_wide_usage_and_content_signal_follow_the_enforced_purposes() -> None:
@@ -102,11 +157,131 @@ rules:
     lines = DeclaredRobots.parse(text)
     assert lines.licence_for("ClaudeBot") == [RSL]
     assert lines.global_licences == [RSL]
-    headers = dict(found.headers_for("/premium/story", RSL))
+    headers = dict(found.headers_for("/premium/story", RSL, TERMS))
     assert headers["tdm-reservation"] == "1"
-    assert headers["tdm-policy"] == RSL
     assert headers["Link"] == f'<{RSL}>; rel="license"; type="application/rsl+xml"'
-    assert "tdm-policy" not in dict(found.headers_for("/free/story", RSL))
+    assert "tdm-policy" not in dict(found.headers_for("/free/story", RSL, TERMS))
+
+
+def test_tdm_policy_names_the_terms_page_and_link_the_rsl_document() -> None:
+    # TDMRep reads a text/html policy as human-readable and JSON-LD as ODRL; an
+    # application/rsl+xml document would be a protocol error there.
+    policy = _policy("""
+licenses: [{name: train, usages: [ai-train]}]
+rules:
+  - {match: {purposes: [ai-training]}, action: {require_license: {any_of: [train]}}}
+""")
+    found, _ = _robots(policy)
+    headers = dict(found.headers_for("/a", RSL, TERMS))
+    assert headers["tdm-policy"] == TERMS
+    assert RSL in headers["Link"]
+    assert json.loads(render_tdmrep(found, TERMS))[-1] == {
+        "location": "/", "tdm-reservation": 1, "tdm-policy": TERMS}
+
+
+def test_a_crawler_asked_only_for_a_licence_gets_a_group_naming_it() -> None:
+    origin = "User-agent: *\nDisallow: /private/\n"
+    policy = _policy("""
+licenses: [{name: train, usages: [ai-train]}]
+rules:
+  - {match: {purposes: [ai-training]}, action: {require_license: {any_of: [train]}}}
+""")
+    found, text = _robots(policy, origin)
+    group = found.group_for("GPTBot")
+    assert group is not None
+    assert group.license
+    rules = RobotsRules.parse(text.encode())
+    # Licence paths stay crawlable; the origin's `*` rules are folded in.
+    assert rules.verdict("GPTBot", "/a").allowed
+    assert not rules.verdict("GPTBot", "/private/a").allowed
+    lines = DeclaredRobots.parse(text)
+    assert lines.groups_for("GPTBot")[0].licences == [RSL]
+    assert lines.usage("GPTBot", "/a") == {"train-ai": False}
+    assert found.group_for("Googlebot") is None
+
+
+def test_public_documents_are_allowed_in_every_group_even_when_everything_is_blocked() -> None:
+    policy = _policy("""
+default: block
+licenses: [{name: train, usages: [ai-train]}]
+rules:
+  - {match: {crawlers: [ClaudeBot]}, action: {require_license: {any_of: [train]}}}
+""")
+    found, text = _robots(policy)
+    rules = RobotsRules.parse(text.encode())
+    classic = robotexclusionrulesparser.RobotExclusionRulesParser()
+    classic.parse(text)
+    public = ["/license.xml", "/.well-known/gatekeeper/licenses", "/.well-known/tdmrep.json",
+              "/.well-known/jwks.json", "/robots.txt"]
+    assert set(public_paths(policy)) == set(public)
+    assert len(found.groups) == len(CATALOG)
+    for group in found.groups:
+        for path in public + [p + "?format=json" for p in public]:
+            assert rules.verdict(group.token, path).allowed, (group.token, path)
+            assert classic.is_allowed(group.token, path), (group.token, path)
+        if group.token != "ClaudeBot":  # asked for a licence: its paths stay crawlable
+            assert not rules.verdict(group.token, "/license.xml.bak").allowed
+            assert not rules.verdict(group.token, "/a").allowed
+    assert DeclaredRobots.parse(text).licence_for("ClaudeBot") == [RSL]
+
+
+def test_the_keys_are_not_declared_before_a_signing_key_exists() -> None:
+    policy = _policy("default: block\nrules: []\n")
+    found = plan(policy, CATALOG, VOCAB, jwks=False)
+    text = render_robots(found, origin_text=None, license_url=RSL, offers_licences=False).text
+    rules = RobotsRules.parse(text.encode())
+    assert not rules.verdict("GPTBot", "/.well-known/jwks.json").allowed
+    assert rules.verdict("GPTBot", "/.well-known/tdmrep.json").allowed
+
+
+@pytest.mark.parametrize(("method", "path", "settings", "kind"), [
+    ("GET", "/robots.txt", "", "robots.txt"),
+    ("HEAD", "/robots.txt", "", "robots.txt"),
+    ("POST", "/robots.txt", "", None),
+    ("GET", "/robots.txt", "declarations: {robots_txt: 'off'}\n", None),
+    ("GET", "/.well-known/tdmrep.json", "", "tdmrep.json"),
+    ("GET", "/.well-known/tdmrep.json", "declarations: {tdmrep: false}\n", None),
+    ("GET", "/license.xml", "", "license.xml"),
+    ("GET", "/terms", "license_terms_url: /terms\n", "terms"),
+    ("GET", "/.well-known/gatekeeper/licenses", "license_terms_url: /terms\n", None),
+    ("GET", "/.well-known/jwks.json", "", "jwks.json"),
+    ("GET", "/robots.txt/", "", None),
+])
+def test_which_paths_are_public_documents(method: str, path: str, settings: str,
+                                          kind: str | None) -> None:
+    assert public_document(_policy(settings + "rules: []\n"), method, path) == kind
+
+
+def test_a_path_with_a_query_is_declared_as_the_path() -> None:
+    # The policy matches the path; robots.txt matches path and query.
+    policy = _policy("rules: [{match: {crawlers: [GPTBot], paths: ['/a', '/b/**']}, "
+                     "action: block}]\n")
+    _, text = _robots(policy)
+    rules = RobotsRules.parse(text.encode())
+    for path, allowed in [("/a", False), ("/a?x=1", False), ("/ab", True), ("/b", False),
+                          ("/b?x", False), ("/b/c?x", False), ("/bc?x", True)]:
+        assert rules.verdict("GPTBot", path).allowed is allowed, path
+    assert DeclaredRobots.parse(text).usage("GPTBot", "/a?x=1") == {"train-ai": False}
+
+
+def test_an_origin_disallow_the_policy_does_not_enforce_is_a_conflict() -> None:
+    origin = "User-agent: GPTBot\nDisallow: /x/\n"
+    policy = _policy("rules: [{name: welcome, match: {crawlers: [GPTBot]}, action: allow}]\n")
+    found, text = _robots(policy, origin)
+    assert found.conflicts == ("GPTBot: the origin's robots.txt disallows /x/ "
+                               "(Disallow: /x/) but the policy serves it (rule 'welcome')",)
+    # The origin's own group is what is served.
+    assert not RobotsRules.parse(text.encode()).verdict("GPTBot", "/x/1").allowed
+
+
+def test_a_rate_limit_is_noted_for_each_crawler_and_region() -> None:
+    found, _ = _robots(load_default_policy(CATALOG))
+    rated = {(n.crawler, n.pattern) for n in found.notes if n.limit is Limit.RATE}
+    assistants = {c.name for c in CATALOG if c.purpose.value == "ai-assistant"}
+    assert rated == {(name, "/") for name in assistants}
+    note = next(n for n in found.notes if n.crawler == "ChatGPT-User")
+    assert note.reason == ("rule 'rate-limit-ai-assistants' sets a rate limit, which no "
+                           "declaration can state: declared as allowed")
 
 
 def test_merge_folds_the_origins_star_rules_into_generated_groups() -> None:
@@ -140,7 +315,8 @@ def test_replace_mode_leaves_the_origins_file_out() -> None:
     _, text = _robots(policy, "User-agent: *\nDisallow: /private/\nSitemap: https://e/s\n")
     assert "Disallow: /private/" not in text
     assert "Sitemap" not in text
-    assert "User-agent: GPTBot\nDisallow: /\n" in text
+    assert "User-agent: GPTBot\n" in text
+    assert not RobotsRules.parse(text.encode()).verdict("GPTBot", "/private/a").allowed
 
 
 def test_replace_mode_judges_robots_rules_by_the_crawlers_own_origin_group() -> None:
@@ -189,6 +365,15 @@ rules:
     assert "ai-train=no" in DeclaredRobots.parse(text).signals[0]
 
 
+def test_content_signal_says_no_when_any_region_refuses_the_purpose() -> None:
+    # Content Signals have no path scope: training refused on /premium/ alone is enough.
+    policy = _policy("rules: [{match: {purposes: [ai-training], paths: ['/premium/**']}, "
+                     "action: block}]\n")
+    _, text = _robots(policy)
+    assert [parse_signal(v) for v in DeclaredRobots.parse(text).signals] == [
+        {"search": True, "ai-input": True, "ai-train": False}]
+
+
 def test_declarations_can_be_switched_off_per_kind() -> None:
     policy = _policy("declarations: {tdmrep: false, content_usage: false}\n"
                      "rules: [{match: {purposes: [ai-training]}, action: block}]\n")
@@ -197,7 +382,8 @@ def test_declarations_can_be_switched_off_per_kind() -> None:
     assert found.tdm == ()
     assert "Content-Usage" not in text
     assert "Content-Signal" not in text
-    assert "User-agent: GPTBot\nDisallow: /\n" in text
+    assert "User-agent: GPTBot\n" in text
+    assert not RobotsRules.parse(text.encode()).verdict("GPTBot", "/a").allowed
 
 
 def test_content_usage_header_is_an_rfc9651_dictionary_of_y_and_n() -> None:
@@ -219,35 +405,67 @@ rules:
   - {match: {purposes: [ai-training]}, action: block}
 """)
     found, _ = _robots(policy)
-    document = render_tdmrep(found, RSL)
+    document = render_tdmrep(found, TERMS)
     rules = json.loads(document)
     assert rules[-1]["location"] == "/"
     assert [len(r["location"]) for r in rules] == sorted((len(r["location"]) for r in rules),
                                                          reverse=True)
     for path in ["/", "/x", "/shop", "/shop/", "/shop/a/1", "/shop/c/1", "/.well-known/x"]:
         rule = tdm_first_match(document, path)
-        headers = dict(found.headers_for(path, RSL))
+        headers = dict(found.headers_for(path, RSL, TERMS))
         assert rule is not None
         assert str(rule["tdm-reservation"]) == headers["tdm-reservation"], path
         assert rule.get("tdm-policy") == headers.get("tdm-policy"), path
-    assert dict(found.headers_for("/shop/a/1", RSL))["tdm-reservation"] == "0"
-    assert dict(found.headers_for("/shop/c/1", RSL))["tdm-policy"] == RSL
+    assert dict(found.headers_for("/shop/a/1", RSL, TERMS))["tdm-reservation"] == "0"
+    assert dict(found.headers_for("/shop/c/1", RSL, TERMS))["tdm-policy"] == TERMS
 
 
-@pytest.mark.parametrize("origin", [None, "User-agent: *\nDisallow: /private/\n",
-                                    "User-agent: GPTBot\nDisallow: /x/\n\nUser-agent: foo\n"])
-def test_served_file_parses_the_same_in_rfc9309_and_classic_parsers(origin: str | None) -> None:
-    _, text = _robots(load_default_policy(CATALOG), origin)
-    ours = RobotsRules.parse(text.encode())
-    classic = robotexclusionrulesparser.RobotExclusionRulesParser()
-    classic.parse(text)
-    stdlib = urllib.robotparser.RobotFileParser()
-    stdlib.parse(text.splitlines())
-    for agent in ["GPTBot", "ClaudeBot", "Googlebot", "bingbot", "foo", "SomeBrowser"]:
-        for path in ["/", "/a/b", "/private/x", "/x/y", "/.well-known/security.txt"]:
-            expected = ours.verdict(agent, path).allowed
-            assert classic.is_allowed(agent, path) is expected, (agent, path)
-            assert stdlib.can_fetch(agent, path) is expected, (agent, path)
+PARSER_ORIGINS = [None, "User-agent: *\nDisallow: /private/\n",
+                  "User-agent: GPTBot\nDisallow: /x/\n\nUser-agent: foo\n",
+                  "User-agent: Googlebot\nDisallow: /news/\n\nUser-agent: *\nDisallow: /x/\n"]
+PARSER_POLICIES = {
+    "default": load_default_policy(CATALOG),
+    "licence-or-block": _policy("""
+default: block
+licenses: [{name: t, usages: [ai-train]}]
+rules:
+  - {match: {purposes: [search-engine]}, action: allow}
+  - {match: {crawlers: [Googlebot]}, action: block}
+  - match: {purposes: [ai-training], paths: ["/premium/**"]}
+    action: {require_license: {any_of: [t]}}
+"""),
+}
+
+
+@pytest.mark.parametrize("origin", PARSER_ORIGINS,
+                         ids=["none", "star", "gptbot", "googlebot"])
+@pytest.mark.parametrize("name", sorted(PARSER_POLICIES))
+def test_served_file_parses_the_same_in_rfc9309_and_classic_parsers(
+        name: str, origin: str | None) -> None:
+    # The origins use no `*` or `$` and no Allow under a shorter Disallow, which the
+    # first-match parsers read differently on their own.
+    policy = PARSER_POLICIES[name]
+    found, text = _robots(policy, origin)
+    readers = ClassicReaders(text)
+    origin_rules = RobotsRules.parse(origin.encode()) if origin else None
+    agents = [c.robots_token for c in CATALOG] + ["foo", "SomeBrowser"]
+    paths = ["/", "/a/b", "/private/x", "/x/y", "/news/1", "/premium/x", "/robots.txt",
+             "/.well-known/security.txt", "/license.xml", "/license.xml?format=json"]
+    by_token = {c.robots_token: c for c in CATALOG}
+    for agent in agents:
+        for path in paths:
+            allowed = readers.assert_agree(agent, path)
+            crawler = by_token.get(agent)
+            if crawler is None or crawler.name in found.origin_named:
+                continue
+            # ... and with what the gate enforces.
+            barred = origin_rules is not None and not origin_rules.verdict(agent, path).allowed
+            bare = path.partition("?")[0]
+            stance = stance_of(policy, Owners(), crawler, bare, "example.com", barred)
+            if stance.verdict is Verdict.BLOCK and bare not in public_paths(policy):
+                assert not allowed, (agent, path)
+            elif not barred:
+                assert allowed, (agent, path)
 
 
 def test_a_huge_origin_file_is_cut_so_the_generated_groups_stay_within_500_kib() -> None:
