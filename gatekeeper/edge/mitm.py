@@ -21,13 +21,13 @@ What it is for:
   settings (then that origin's robots.txt is used for every host).
 
 Options (`--set name=value`): `gatekeeper_policy` (policy file; "" for the
-embedded default), `gatekeeper_config` (a settings YAML, as `gatekeeper serve
+embedded default), `gatekeeper_config` (a settings YAML, as `gatekeeper run
 --config`), `gatekeeper_trusted_proxies` (CIDRs whose forwarded headers are
 believed; repeat the option for several) and `gatekeeper_state_dir` (keys,
 licensees, ledger). Every other setting comes from the settings file or the
-`GATEKEEPER_*` environment, with the same precedence as `gatekeeper serve`
+`GATEKEEPER_*` environment, with the same precedence as `gatekeeper run`
 (options act as the command line). They are read once, at start-up: the policy
-file is still reloaded when it changes, as in `gatekeeper serve`.
+file is still reloaded when it changes, as in `gatekeeper run`.
 
 Per request, the same steps as the aiohttp proxy (`gatekeeper.edge.proxy`), with
 the same answers: the client address through the trusted proxies; the framing,
@@ -65,7 +65,7 @@ What differs from the aiohttp proxy:
   requests to them are answered 501 and not forwarded. The admin listener
   (metrics, readiness) is not started; metrics are recorded but not exposed.
 - WebSocket upgrades are gated like any request and then handled by mitmproxy.
-- Gatekeeper's log lines go to standard output as with `gatekeeper serve`;
+- Gatekeeper's log lines go to standard output as with `gatekeeper run`;
   mitmproxy's own logging is left as it was.
 
 docs/mitmproxy.md has the details; tests/integration/test_frontends.py runs
@@ -167,7 +167,7 @@ class GatekeeperAddon:
         loader.add_option("gatekeeper_policy", str, "",
                           "Gatekeeper policy file; empty for the embedded default policy.")
         loader.add_option("gatekeeper_config", str, "",
-                          "Gatekeeper settings YAML (as `gatekeeper serve --config`).")
+                          "Gatekeeper settings YAML (as `gatekeeper run --config`).")
         loader.add_option(
             "gatekeeper_trusted_proxies", Sequence[str], [],  # type: ignore[arg-type, unused-ignore]
             "CIDRs of proxies in front of mitmproxy whose X-Forwarded-For is believed.")
@@ -443,7 +443,7 @@ def reverse_target(modes: Iterable[str]) -> str | None:
 
 def _configure_logging(settings: Settings) -> None:
     """Gatekeeper's log lines (JSON by default) on standard output, as `gatekeeper
-    serve` writes them, leaving mitmproxy's own logging where it was: its handlers
+    run` writes them, leaving mitmproxy's own logging where it was: its handlers
     show its events, and the one that stops a start-up whose scripts failed."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
