@@ -136,6 +136,16 @@ class Documents:
         """`response_headers`, or None while the plan is not built (`build_plan`)."""
         return self._headers(host, path, scheme, authority, build=False)
 
+    async def declared_headers(self, host: str, path: str, scheme: str,
+                               authority: str = "") -> tuple[tuple[str, str], ...]:
+        """`response_headers` for a front end on the event loop: a plan not built yet
+        (after a reload, say) is derived in a worker thread (`build_plan`)."""
+        found = self.ready_headers(host, path, scheme, authority)
+        if found is None:
+            await self.build_plan(host)
+            found = self.response_headers(host, path, scheme, authority)
+        return found
+
     def _headers(self, host: str, path: str, scheme: str, authority: str,
                  build: bool) -> tuple[tuple[str, str], ...] | None:
         if self._vocab is None:
@@ -167,9 +177,9 @@ class Documents:
 
     async def build_plan(self, host: str) -> None:
         """Build the current plan for `host` in a worker thread, once however many
-        requests wait for it. A plan takes 0.1 to 0.5 s to derive (a policy reload,
-        a new origin robots.txt, new owners): on the event loop, every request and
-        health check would wait that long."""
+        requests wait for it. A new plan (a policy reload, a new origin robots.txt, new
+        owners) takes tens of milliseconds to derive, more for a large origin file: on
+        the event loop, every request and health check would wait that long."""
         assert self._vocab is not None
         policy, owners, origin = self._policy(), self._owners(), self._peek(host)
         key = self._key(policy, owners, host, origin)

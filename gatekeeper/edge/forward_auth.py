@@ -170,8 +170,8 @@ class ForwardAuth:
         if decision.forward:
             declared: tuple[tuple[str, str], ...] = ()
             if documents is not None and kind is None and facts.method in ("GET", "HEAD"):
-                declared = documents.response_headers(facts.host, facts.path, facts.scheme,
-                                                      authority)
+                declared = await documents.declared_headers(facts.host, facts.path,
+                                                            facts.scheme, authority)
             resp = _allowed(outcome, declared, cache)
             status, sent = 200, 0
         else:

@@ -363,7 +363,7 @@ class GatekeeperAddon:
 
     # -- responses -------------------------------------------------------------------
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
+    async def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = flow.metadata.get(METADATA_KEY)
         response = flow.response
         if not isinstance(state, _Flow) or response is None or self._c is None:
@@ -380,7 +380,8 @@ class GatekeeperAddon:
         facts = state.facts
         declared: tuple[tuple[str, str], ...] = ()
         if self._documents is not None and facts.method in ("GET", "HEAD"):
-            declared = self._documents.response_headers(facts.host, facts.path, facts.scheme)
+            declared = await self._documents.declared_headers(facts.host, facts.path,
+                                                              facts.scheme)
         add_gate_headers(headers, state.outcome.decision.response_headers, declared)
         response.headers = _mitm_headers(headers.items())
         if state.connection:

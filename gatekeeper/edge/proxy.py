@@ -358,14 +358,9 @@ class Proxy:
             try:
                 stated: tuple[tuple[str, str], ...] = ()
                 if self._documents is not None and request.method in ("GET", "HEAD"):
-                    authority = _authority(request, facts.host)
-                    found = self._documents.ready_headers(
-                        facts.host, facts.path, request.scheme, authority)
-                    if found is None:
-                        await self._documents.build_plan(facts.host)
-                        found = self._documents.response_headers(
-                            facts.host, facts.path, request.scheme, authority)
-                    stated = found
+                    stated = await self._documents.declared_headers(
+                        facts.host, facts.path, request.scheme,
+                        _authority(request, facts.host))
                 resp, sent, error = await self._relay(
                     request, upstream, outcome.decision.response_headers, stated)
             finally:

@@ -49,3 +49,26 @@ async def test_a_new_policy_needs_a_new_plan() -> None:
     assert documents.ready_headers("example.com", "/a", "https") is None
     await documents.build_plan("example.com")
     assert len(built) == 2
+
+
+async def test_the_front_ends_headers_are_derived_off_the_loop_on_first_use() -> None:
+    # What the proxy, forward-auth and the mitmproxy addon call for each response.
+    built: list[int] = []
+    documents = _documents([load_default_policy(CATALOG)], built)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    running = asyncio.create_task(ticker())
+    first = await asyncio.gather(*(documents.declared_headers("example.com", "/a", "https")
+                                   for _ in range(3)))
+    running.cancel()
+    assert built == [1]
+    assert ticks > 5
+    assert first[0] == first[2] == documents.response_headers("example.com", "/a", "https")
+    assert await documents.declared_headers("example.com", "/a", "https") == first[0]
+    assert built == [1]  # the second time, from the plan already built
