@@ -43,8 +43,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# Kept for applications that hold the session themselves; the proxy listener
-# does not use it.
 UPSTREAM_KEEPALIVE: Final = 30.0  # seconds an idle pooled upstream connection is kept
 DNS_CACHE_TTL: Final = 60  # seconds
 LINGERING_TIME: Final = 2.0  # seconds spent draining a body the gate will not forward
