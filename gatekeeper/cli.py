@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="settings YAML file")
     run.add_argument("--workers", type=int, metavar="N",
                      help="worker processes sharing the port (default 1; >1 needs store: "
-                          "redis when the policy has rate limits)")
+                          "redis when the policy has rate limits, licence quotas or rules a "
+                          "signature decides: docs/scaling-out.md)")
     run.add_argument("--mode", choices=["proxy", "forward-auth"],
                      help="proxy (default), or answer forward-auth subrequests of "
                           "nginx/Traefik/Envoy")

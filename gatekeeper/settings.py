@@ -54,6 +54,9 @@ class Settings:
     workers: int = 1  # processes sharing the listening port (SO_REUSEPORT)
     reuse_port: bool = False  # listen with SO_REUSEPORT (set for each worker by `workers`)
     worker_id: str = ""  # set for each worker by `workers`: names its ledger file
+    # Set for each worker by `workers`: how many share the port, so that a reloaded
+    # policy is held to the same shared-state check as the one they started with.
+    worker_count: int = 0
     # Limits (bytes)
     max_header_size: int = 8190  # one request line or header field
     max_headers: int = 100

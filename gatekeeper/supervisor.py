@@ -65,7 +65,8 @@ _log = gk_logging.get_logger("gatekeeper.supervisor")
 
 
 def check_shared_limits(settings: Settings, policy: Policy,
-                        catalog: Catalog | None = None) -> tuple[str, ...]:
+                        catalog: Catalog | None = None, *, warn: bool = True,
+                        ) -> tuple[str, ...]:
     """Refuse several workers keeping state each on their own that the policy needs
     shared: limits counted per worker, or a Web Bot Auth replay cache per worker when
     a signature decides something. Returns (and logs) the warnings for what is kept
@@ -98,7 +99,8 @@ def check_shared_limits(settings: Settings, policy: Policy,
                "Web Bot Auth replay cache: a signed request replayed to another worker is "
                "counted and logged as signed again. No rule of this policy depends on a "
                "signature, so no decision changes; set store: redis to catch every replay")
-    _log.warning("replay_cache_per_worker", detail=warning)
+    if warn:
+        _log.warning("replay_cache_per_worker", detail=warning)
     return (warning,)
 
 
@@ -205,6 +207,7 @@ class Supervisor:
             "GATEKEEPER_WORKERS": "1",
             "GATEKEEPER_REUSE_PORT": "true",
             "GATEKEEPER_WORKER_ID": str(worker.index),
+            "GATEKEEPER_WORKER_COUNT": str(len(self._workers)),
             "GATEKEEPER_ADMIN_LISTEN": "127.0.0.1:0",
             "GATEKEEPER_WORKER_REPORT": str(worker.report),
         })

@@ -12,8 +12,8 @@ import gc
 import hashlib
 import os
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,7 +35,7 @@ from gatekeeper.edge.documents import Documents, Endpoints
 from gatekeeper.edge.origin_robots import OriginRobots
 from gatekeeper.edge.proxy import Upstream
 from gatekeeper.edge.server import Listeners, ProxyService
-from gatekeeper.errors import PolicyError, SettingsError
+from gatekeeper.errors import PolicyError, Problem, SettingsError
 from gatekeeper.gate import Classifier, Gate
 from gatekeeper.ledger.file import FileLedger
 from gatekeeper.licensing import issued
@@ -204,7 +204,11 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Comp
         raise SettingsError("upstream: required, e.g. --upstream http://127.0.0.1:8000")
     catalog = load_catalog(settings.catalog or None)
     policy = load_policy(settings.policy or None, catalog)
-    holder = PolicyHolder(policy, settings.policy or None, catalog)
+    accept = _worker_check(settings, catalog)
+    if accept is not None and (refused := accept(policy)):
+        # A worker restarted after the policy file changed: the same check.
+        raise SettingsError(refused[0].message)
+    holder = PolicyHolder(policy, settings.policy or None, catalog, accept)
     store = build_store(settings)
     classifier: Classifier = catalog
     if os.environ.get("GATEKEEPER_BENCH_NO_CLASSIFY") == "1":
@@ -294,6 +298,27 @@ def licence_endpoints(c: Components) -> Endpoints | None:
                           on_issued=lambda claims: _issued(c, claims))
     paths = frozenset({LICENCE_SERVER_PREFIX + "/token", LICENCE_SERVER_PREFIX + "/introspect"})
     return Endpoints(router, paths)
+
+
+def _worker_check(settings: Settings, catalog: Catalog,
+                  ) -> Callable[[Policy], list[Problem]] | None:
+    """For a worker of several on the memory store: the supervisor's start-up check
+    (`supervisor.check_shared_limits`), applied to every policy it loads, so that a
+    reload cannot bring in limits each worker would count on its own."""
+    if settings.worker_count <= 1 or settings.store != "memory":
+        return None
+    from gatekeeper import supervisor
+
+    shared = replace(settings, workers=settings.worker_count)
+
+    def check(policy: Policy) -> list[Problem]:
+        try:
+            supervisor.check_shared_limits(shared, policy, catalog, warn=False)
+        except SettingsError as exc:
+            return [Problem(policy.source, 0, "", str(exc))]
+        return []
+
+    return check
 
 
 def policy_digest(holder: PolicyHolder) -> str:

@@ -42,10 +42,14 @@ class PolicyHolder:
     """Holds the policy every request reads; `reload` replaces it only when the
     file is valid. `path` None means the embedded policy, which never changes."""
 
-    def __init__(self, policy: Policy, path: str | None, catalog: CatalogNames) -> None:
+    def __init__(self, policy: Policy, path: str | None, catalog: CatalogNames,
+                 accept: Callable[[Policy], Sequence[Problem]] | None = None) -> None:
         self.current = policy
         self.path = path
         self._catalog = catalog
+        # What a valid policy must also satisfy to replace the current one here (the
+        # workers' shared-state check); its problems fail the reload.
+        self._accept = accept
         # SIGHUP (event loop) and the watcher (worker thread) may reload at once;
         # without the lock the older read could be assigned last.
         self._lock = threading.Lock()
@@ -66,6 +70,9 @@ class PolicyHolder:
             self._files = read.files
             if read.policy is None:
                 return ReloadResult(False, self.path, list(read.problems))
+            refused = self._accept(read.policy) if self._accept is not None else ()
+            if refused:
+                return ReloadResult(False, self.path, list(refused))
             self.current = read.policy
             return ReloadResult(True, self.path)
 

@@ -365,3 +365,38 @@ def test_several_workers_with_the_memory_store_and_rate_limits_are_refused(
     # worker would not be.
     assert "replay cache" in text
     assert "block-spoofed-crawlers" in text
+
+
+async def test_a_reload_that_would_multiply_limits_is_refused_and_the_old_policy_kept(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(UNSHARED_POLICY)
+    proc, port, admin, log = await _running(upstream.url, tmp_path, "workers=2",
+                                            f"policy={policy}", "ranges_refresh_interval=0",
+                                            "behaviour=false", "policy_watch_interval=0")
+    assistant = {"User-Agent": ASSISTANT}
+    try:
+        policy.write_text(UNSHARED_POLICY + """
+  - name: slow-assistants
+    match: {crawlers: [ChatGPT-User]}
+    action: {rate_limit: {rate: 1/h, burst: 2}}
+""")
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while len([e for e in _events(log) if e.get("event") == "policy_reload_failed"]) < 2:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            await asyncio.sleep(0.1)
+        # Both workers kept the policy they started with: no limit, counted or not.
+        statuses = await asyncio.gather(*(_get(f"http://127.0.0.1:{port}/news", assistant)
+                                          for _ in range(12)))
+        assert statuses == [200] * 12
+        doc = await _json(f"http://127.0.0.1:{admin}/status.json")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
+    failed = [e for e in _events(log) if e.get("event") == "policy_reload_failed"]
+    assert all("would each keep their own count for slow-assistants" in p
+               for e in failed for p in e["problems"]), failed
+    assert doc["policy"]["last_reload"]["ok"] is False
+    assert doc["policy"]["rules"] == 1

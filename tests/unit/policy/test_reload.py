@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from gatekeeper.catalog_loader import load_catalog
+from gatekeeper.core.model import Block, Policy
+from gatekeeper.errors import Problem
 from gatekeeper.policy import reload as reload_module
-from gatekeeper.policy.loader import load_default_policy, load_policy_file
+from gatekeeper.policy.loader import load_default_policy, load_policy_file, read_policy_file
 from gatekeeper.policy.reload import PolicyHolder, ReloadResult, watch
 from gatekeeper.policy.vocabulary import MAX_POLICY_FILE_BYTES
 
@@ -229,3 +231,27 @@ async def test_watch_does_nothing_for_the_embedded_policy_or_interval_zero(
     await asyncio.wait_for(watch(embedded, INTERVAL, lambda r: None), 1)
     holder, _ = holder_for(tmp_path)
     await asyncio.wait_for(watch(holder, 0, lambda r: None), 1)
+
+
+def test_a_policy_the_acceptance_check_refuses_fails_the_reload_and_keeps_the_last(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\ndefault: allow\n")
+    catalog = load_catalog()
+    first = read_policy_file(str(path), catalog).policy
+    assert first is not None
+
+    def no_blocks(policy: Policy) -> list[Problem]:
+        return [Problem(policy.source, 0, "", "no blocking here")] \
+            if isinstance(policy.default, Block) else []
+
+    holder = PolicyHolder(first, str(path), catalog, accept=no_blocks)
+    path.write_text("version: 1\ndefault: block\n")
+    result = holder.reload()
+    assert not result.ok
+    assert [p.message for p in result.problems] == ["no blocking here"]
+    assert holder.current is first
+    path.write_text("version: 1\ndefault: allow\nrules: []\n")
+    assert holder.reload().ok
+    assert holder.current is not first
