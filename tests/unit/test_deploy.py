@@ -777,3 +777,14 @@ def test_systemd_analyze_verifies_the_unit(installed: Path, tmp_path: Path) -> N
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not (result.stdout + result.stderr).strip(), "warnings from systemd-analyze"
+
+
+def test_every_dashboard_panel_is_described_in_the_ops_page() -> None:
+    def panels(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [p for item in items for p in (item, *panels(item.get("panels", [])))]
+
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "gatekeeper.json").read_text())
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    titles = [p["title"] for p in panels(dashboard["panels"])]
+    assert len(titles) > 30
+    assert [t for t in titles if t not in ops] == []
