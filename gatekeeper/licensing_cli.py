@@ -311,7 +311,13 @@ async def _revoke_in_store(settings: Settings, token_id: str, expires: float) ->
 async def _ledger_from_store(args: argparse.Namespace, settings: Settings) -> int:
     """`ledger export|verify --from-store`: the copies of every replica's ledger."""
     from gatekeeper.ledger.export import By, aggregate, parse_bound, to_csv, to_json
-    from gatekeeper.ledger.mirror import in_window, read_copies, trim_exported, verify_store
+    from gatekeeper.ledger.mirror import (
+        in_window,
+        read_copies,
+        remove_gone,
+        trim_exported,
+        verify_store,
+    )
     from gatekeeper.store.redis import RedisStore
 
     if settings.store != "redis":
@@ -355,6 +361,12 @@ async def _ledger_from_store(args: argparse.Namespace, settings: Settings) -> in
                     store.client, copies, since, until, settings.redis_prefix):
                 print(f"{key}: trimmed {removed} exported records, kept {kept}",
                       file=sys.stderr)
+            # Every trim went through: the streams of replicas that are gone, now
+            # exported to the last record, go too, so Redis holds one stream for each
+            # running replica and not one for every pod that ever ran.
+            for key in await remove_gone(store.client, settings.redis_prefix):
+                print(f"{key}: removed with its anchor: every record exported, and its "
+                      "replica is gone", file=sys.stderr)
         return 0
     finally:
         await store.close()

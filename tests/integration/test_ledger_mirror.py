@@ -1,12 +1,15 @@
 """The usage ledger copied into a real redis-server: in order, once, verifiable,
 caught up from the file after an outage, so nothing is lost, and trimmed only by an
-export that was written, with the chain still verifiable across the trim."""
+export that was written, with the chain still verifiable across the trim; the
+streams of replicas that are gone removed once exported, and a replica that comes
+back after that copying neither too much nor too little."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import os
+import shutil
 import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -21,11 +24,14 @@ from gatekeeper.ledger.file import FileLedger, read
 from gatekeeper.ledger.mirror import (
     LedgerMirror,
     TrimRefused,
+    live_key,
     read_anchor,
     read_copies,
     read_store,
+    remove_gone,
     stream_lines,
     trim,
+    trim_exported,
     verify_store,
 )
 from gatekeeper.ledger.record import UsageRecord
@@ -181,11 +187,12 @@ async def _cli(env: dict[str, str], *args: str,
 
 
 async def _mirrored(client: redis.asyncio.Redis, tmp_path: Path, host: str,
-                    records: list[UsageRecord]) -> tuple[FileLedger, LedgerMirror]:
+                    records: list[UsageRecord],
+                    live_for: float | None = None) -> tuple[FileLedger, LedgerMirror]:
     path = tmp_path / host / "ledger.jsonl"
     path.parent.mkdir(exist_ok=True)
     ledger = await _ledger(path, records)
-    mirror = LedgerMirror(client, path, source=f"{host}/ledger.jsonl")
+    mirror = LedgerMirror(client, path, source=f"{host}/ledger.jsonl", live_for=live_for)
     await mirror.sync()
     return ledger, mirror
 
@@ -287,7 +294,7 @@ async def test_a_stream_rebuilt_after_its_export_is_not_trimmed(
     ledger, mirror = await _mirrored(client, tmp_path, "host-a", [_record(n) for n in range(3)])
     [copy] = await read_copies(client)
     # Redis lost its data between the export and the trim; the mirror copied again.
-    await client.delete(mirror.key)
+    await client.flushdb()
     assert await LedgerMirror(client, ledger.path, source="host-a/ledger.jsonl").sync() == 3
     with pytest.raises(TrimRefused, match="changed after it was exported"):
         await trim(client, copy, 3)
@@ -334,3 +341,175 @@ async def test_replica_name_names_the_ledger_stream(
         await mirror.close()
         await ledger.close()
         await c.store.close()
+
+
+async def _gone(client: redis.asyncio.Redis, mirror: LedgerMirror) -> None:
+    """Wait until the mirror's liveness key has expired, as a stopped replica's does."""
+    for _ in range(100):
+        if not await client.exists(live_key(mirror.key)):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{live_key(mirror.key)} did not expire")
+
+
+async def test_a_running_mirror_keeps_a_liveness_key_that_expires_once_it_stops(
+    client: redis.asyncio.Redis, tmp_path: Path
+) -> None:
+    path = tmp_path / "ledger.jsonl"
+    ledger = await _ledger(path, [_record(0)])
+    mirror = LedgerMirror(client, path, source="host-a/ledger.jsonl", interval=0.05,
+                          live_for=0.5)
+    mirror.start()
+    await asyncio.sleep(1.0)  # twice its lifetime: kept alive by the running mirror
+    assert live_key(mirror.key) == "gk:ledger-live:host-a/ledger.jsonl"
+    assert 0 < await client.pttl(live_key(mirror.key)) <= 500
+    # The one ledger key other than the streams and anchors that never expires: the
+    # store's epoch, a single key however many replicas come and go.
+    assert await client.pttl("gk:ledger-epoch") == -1
+    await mirror.close()
+    await ledger.close()
+    await _gone(client, mirror)
+
+
+async def test_export_with_trim_removes_a_gone_replicas_stream_and_keeps_a_running_ones(
+    client: redis.asyncio.Redis, redis_server: RedisTestServer, tmp_path: Path
+) -> None:
+    gone, mirror_gone = await _mirrored(client, tmp_path, "web-7f9c",
+                                        [_record(n) for n in range(3)], live_for=0.2)
+    await gone.close()
+    running, mirror_running = await _mirrored(client, tmp_path, "web-2b41",
+                                              [_record(n) for n in range(2)])
+    await _gone(client, mirror_gone)
+    env = _env(redis_server, tmp_path)
+    out = tmp_path / "export.json"
+    code, _, err = await _cli(env, "export", "--from-store", "--trim", "--format", "json",
+                              "--output", str(out))
+    assert code == 0, err
+    assert '"count": 5' in out.read_text()
+    assert f"{mirror_gone.key}: removed with its anchor" in err
+    assert f"{mirror_running.key}: removed" not in err
+    assert not await client.exists(mirror_gone.key, "gk:ledger-anchor:web-7f9c/ledger.jsonl")
+    # The running replica's emptied stream and anchor stay, and it continues after them.
+    assert await client.exists(mirror_running.key) == 1
+    assert await read_anchor(client, "gk:ledger-anchor:web-2b41/ledger.jsonl") == (
+        running.last_seq, running.last_hash)
+    running.append(_record(2))
+    running.flush_now()
+    assert await mirror_running.sync() == 1
+    await running.close()
+    code, stdout, err = await _cli(env, "verify", "--from-store")
+    assert code == 0, stdout + err
+    assert stdout == f"{mirror_running.key}: ok, 1 records (after record 2, where it was " \
+        "trimmed)\n"
+
+
+async def test_a_gone_replicas_stream_with_records_not_yet_exported_is_kept(
+    client: redis.asyncio.Redis, redis_server: RedisTestServer, tmp_path: Path
+) -> None:
+    ledger, mirror = await _mirrored(client, tmp_path, "web-7f9c",
+                                     [_record(n) for n in range(5)], live_for=0.2)
+    await ledger.close()
+    await _gone(client, mirror)
+    until = "2026-11-30T00:53:23Z"  # records 0, 1 and 2 come before it; 3 and 4 do not
+    code, _, err = await _cli(_env(redis_server, tmp_path), "export", "--from-store",
+                              "--until", until, "--trim")
+    assert code == 0, err
+    assert "removed" not in err
+    assert await client.xlen(mirror.key) == 2
+    [result] = (await verify_store(client)).values()
+    assert (result.ok, result.start_seq, result.records) == (True, 3, 2)
+
+
+async def test_a_replica_back_under_its_name_after_its_stream_was_removed_copies_the_rest(
+    client: redis.asyncio.Redis, redis_server: RedisTestServer, tmp_path: Path
+) -> None:
+    ledger, mirror = await _mirrored(client, tmp_path, "web-0", [_record(n) for n in range(3)],
+                                     live_for=0.2)
+    for n in range(3, 5):
+        ledger.append(_record(n))  # in the file, but the pod stopped before copying them
+    await ledger.close()
+    await _gone(client, mirror)
+    env = _env(redis_server, tmp_path)
+    code, stdout, err = await _cli(env, "export", "--from-store", "--trim", "--format", "json")
+    assert code == 0, err
+    assert '"count": 3' in stdout
+    assert f"{mirror.key}: removed with its anchor" in err
+    assert await client.exists(mirror.key) == 0
+    # Back with its name and its file (a StatefulSet pod on its volume), and one more.
+    again = await _ledger(ledger.path, [_record(5)])
+    back = LedgerMirror(client, ledger.path, source="web-0/ledger.jsonl")
+    assert await back.sync() == 3  # records 4, 5 and 6: none exported twice, none skipped
+    assert back.key == mirror.key
+    await again.close()
+    [result] = (await verify_store(client)).values()
+    assert (result.ok, result.start_seq, result.records) == (True, 3, 3)
+    code, stdout, err = await _cli(env, "export", "--from-store", "--format", "json")
+    assert code == 0, err
+    assert '"count": 3' in stdout
+
+
+async def test_a_mirror_whose_stream_was_removed_while_it_ran_continues_after_the_export(
+    client: redis.asyncio.Redis, tmp_path: Path
+) -> None:
+    # Its liveness lapsed (a long pause, a partition) while an export removed the
+    # stream: the next copy notices, anchors the stream again and goes on.
+    ledger, mirror = await _mirrored(client, tmp_path, "web-0", [_record(n) for n in range(3)],
+                                     live_for=0.2)
+    await _gone(client, mirror)
+    await trim_exported(client, await read_copies(client), None, None)
+    assert await remove_gone(client) == [mirror.key]
+    ledger.append(_record(3))
+    ledger.flush_now()
+    assert await mirror.sync() == 1
+    await ledger.close()
+    [result] = (await verify_store(client)).values()
+    assert (result.ok, result.start_seq, result.records) == (True, 3, 1)
+    assert await client.exists(live_key(mirror.key)) == 1
+
+
+async def test_a_new_ledger_file_under_a_removed_name_is_copied_from_its_first_record(
+    client: redis.asyncio.Redis, tmp_path: Path
+) -> None:
+    old, mirror = await _mirrored(client, tmp_path, "web-0", [_record(n) for n in range(3)],
+                                  live_for=0.2)
+    await old.close()
+    await _gone(client, mirror)
+    await trim_exported(client, await read_copies(client), None, None)
+    assert await remove_gone(client) == [mirror.key]
+    # The pod comes back with the same name and an empty state directory.
+    shutil.rmtree(old.path.parent)
+    old.path.parent.mkdir()
+    new = await _ledger(old.path, [_record(n, licensee="zeta") for n in range(2)])
+    again = LedgerMirror(client, old.path, source="web-0/ledger.jsonl")
+    assert await again.sync() == 2
+    assert again.key == mirror.key  # nothing of the old chain is left to keep apart
+    await new.close()
+    [result] = (await verify_store(client)).values()
+    assert (result.ok, result.start_seq, result.records) == (True, 0, 2)
+
+
+async def test_a_new_chain_stays_in_its_own_stream_once_the_old_chains_stream_is_removed(
+    client: redis.asyncio.Redis, tmp_path: Path
+) -> None:
+    old, mirror = await _mirrored(client, tmp_path, "web-0", [_record(n) for n in range(3)])
+    await old.close()
+    # Back with the same name and an empty state directory: a chain of its own.
+    shutil.rmtree(old.path.parent)
+    old.path.parent.mkdir()
+    new = await _ledger(old.path, [_record(n, licensee="zeta") for n in range(2)])
+    again = LedgerMirror(client, old.path, source="web-0/ledger.jsonl")
+    assert await again.sync() == 2
+    assert again.key.startswith(mirror.key + "~")
+    # Everything is exported; the old chain's stream is nobody's any more and goes.
+    await trim_exported(client, await read_copies(client), None, None)
+    assert await remove_gone(client) == [mirror.key]
+    # Restarted, it goes on in its own stream, not from its first record under the name.
+    new.append(_record(2, licensee="zeta"))
+    new.flush_now()
+    restarted = LedgerMirror(client, old.path, source="web-0/ledger.jsonl")
+    assert await restarted.sync() == 1
+    assert restarted.key == again.key
+    await new.close()
+    results = await verify_store(client)
+    assert {key: (r.ok, r.start_seq, r.records) for key, r in results.items()} == {
+        again.key: (True, 2, 1)}
