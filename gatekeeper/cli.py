@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("files", nargs="+", metavar="FILE")
     check.add_argument("--robots-txt", metavar="FILE",
                        help="the origin's robots.txt: report groups that contradict the policy")
+    check.add_argument("--config", help="settings YAML file (robots_compliance)")
 
     dec = sub.add_parser("declarations",
                          help="print robots.txt, tdmrep.json, the RSL document and the "
@@ -66,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     dec.add_argument("--scheme", default="https", choices=["http", "https"])
     dec.add_argument("--only", choices=["robots.txt", "tdmrep.json", "license.xml", "headers"],
                      help="print one document only")
+    dec.add_argument("--config", help="settings YAML file (robots_compliance)")
 
     ex = sub.add_parser("explain", help="show the decision for a request described by flags")
     ex.add_argument("--ua", default="", help="User-Agent header")
@@ -104,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "check":
-            return _check(args.files, args.robots_txt)
+            return _check(args.files, args.robots_txt, args.config)
         if args.command == "declarations":
             return _declarations(args)
         if args.command == "explain":
@@ -140,13 +142,16 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
-def _check(files: Sequence[str], robots_txt: str | None = None) -> int:
+def _check(files: Sequence[str], robots_txt: str | None = None,
+           config: str | None = None) -> int:
     from gatekeeper.catalog_loader import load_catalog
     from gatekeeper.core.declarations import plan
     from gatekeeper.core.robots import RobotsRules
+    from gatekeeper.core.stance import robots_conditioned
     from gatekeeper.policy.loader import load_policy_file
     from gatekeeper.vocabulary_loader import load_vocabularies
 
+    compliance = resolve(config, {}).robots_compliance
     catalog = load_catalog()
     origin = RobotsRules.parse(_read(robots_txt)) if robots_txt else None
     failed = False
@@ -158,7 +163,14 @@ def _check(files: Sequence[str], robots_txt: str | None = None) -> int:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
             continue
-        found = plan(policy, catalog, load_vocabularies(), host="localhost", origin=origin)
+        if not compliance:
+            # Valid, but dead: without compliance the gate has no robots.txt verdict.
+            for rule in robots_conditioned(policy):
+                print(f"{rule.source or path}: warning: rule {rule.name!r} has a robots: "
+                      "condition, and robots_compliance is off: it never matches",
+                      file=sys.stderr)
+        found = plan(policy, catalog, load_vocabularies(), host="localhost", origin=origin,
+                     robots_compliance=compliance)
         for note in dict.fromkeys(f"{n.pattern}: {n.reason}" for n in found.notes):
             print(f"{path}: note: {note}", file=sys.stderr)
         for conflict in found.conflicts:
@@ -180,7 +192,8 @@ def _declarations(args: argparse.Namespace) -> int:
     origin = _read(args.robots_txt) if args.robots_txt else None
     site = f"{args.scheme}://{args.host}"
     d = declarations(policy, catalog, load_vocabularies(), site=site, host=args.host,
-                     origin_txt=origin)
+                     origin_txt=origin,
+                     robots_compliance=resolve(args.config, {}).robots_compliance)
     sections = {
         "robots.txt": d.robots.text,
         "tdmrep.json": d.tdmrep.decode(),

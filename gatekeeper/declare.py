@@ -54,9 +54,12 @@ def robots_document(policy: Policy, found: Plan, origin: RobotsRules | None,
 def declarations(policy: Policy, crawlers: Iterable[Crawler], vocab: Vocabularies, *,
                  site: str, host: str, origin_txt: bytes | None = None,
                  owners: Owners = NO_OWNERS, server: str = "",
-                 jwks: bool = True) -> Declarations:
+                 jwks: bool = True, robots_compliance: bool = True) -> Declarations:
+    """`robots_compliance`: whether the gate reads the origin's robots.txt
+    (`Settings.robots_compliance`); `robots:` rules match only when it does."""
     origin = RobotsRules.parse(origin_txt) if origin_txt is not None else None
-    found = plan(policy, crawlers, vocab, host=host, origin=origin, owners=owners, jwks=jwks)
+    found = plan(policy, crawlers, vocab, host=host, origin=origin, owners=owners, jwks=jwks,
+                 robots_compliance=robots_compliance)
     rsl_url = absolute(site, policy.rsl_url)
     terms_url = absolute(site, policy.license_terms_url)
     withheld = [p.text for o in owners.owners if o.stance is Stance.OPT_OUT for p in o.paths]

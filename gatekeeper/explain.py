@@ -2,11 +2,11 @@
 
 It runs the same pieces as the proxy (target canonicalisation, catalog, identity
 verification against the range lists and reverse DNS, robots.txt compliance when a
-robots.txt is given, the policy evaluation through `Gate`, the declarations the
-main listener serves), so what it prints is what the proxy does. Behaviour is the
-one thing it cannot show: a score needs the client's recent requests, and explain
-sees one: it scores the request as if it were the client's first, which shows
-what this request alone contributes.
+robots.txt is given and `robots_compliance` is on, the policy evaluation through
+`Gate`, the declarations the main listener serves), so what it prints is what the
+proxy does. Behaviour is the one thing it cannot show: a score needs the client's
+recent requests, and explain sees one: it scores the request as if it were the
+client's first, which shows what this request alone contributes.
 
 A request for a public document (robots.txt, tdmrep.json, the RSL document, the
 terms, the token keys) is answered as the main listener answers it: by
@@ -81,7 +81,10 @@ async def explain(
     )
     store = MemoryStore()
     identity = build_identity(settings, catalog, store, wait_for_dns=True)
-    robots = StaticRobots(robots_txt) if robots_txt is not None else None
+    # As the proxy: with compliance off the gate reads no robots.txt, so it has no
+    # verdict, and `robots:` rules never match (nor are they declared as matching).
+    robots = StaticRobots(robots_txt) if robots_txt is not None and settings.robots_compliance \
+        else None
     gate = Gate(catalog, lambda: policy, store, identity=identity.verifier, robots=robots,
                 behaviour=BehaviourConfig() if settings.behaviour else None)
     # The keys are served once a signing key exists, as `wiring.public_documents` has it.
@@ -110,7 +113,7 @@ async def explain(
         "robots_token": crawler.robots_token if crawler else None,
     }
     report["identity"] = _identity(outcome)
-    report["robots"] = _robots(outcome, robots_txt is not None)
+    report["robots"] = _robots(outcome, robots_txt is not None, settings.robots_compliance)
     report["behaviour"] = _behaviour(outcome)
     if selected is None:
         report["rule"] = {"name": decision.rule, "source": None, "action": decision.action,
@@ -131,7 +134,7 @@ async def explain(
                     "then 429 with Retry-After",
         }
     report["declarations"] = _declarations(policy, catalog, host, facts.path, facts.query,
-                                           crawler, robots_txt, keys)
+                                           crawler, robots_txt, keys, robots is not None)
     if document:
         report["declarations"]["headers"] = []  # only forwarded responses carry them
     report["decision"] = {
@@ -176,10 +179,12 @@ def _behaviour(outcome: Outcome) -> dict[str, Any]:
     }
 
 
-def _robots(outcome: Outcome, given: bool) -> dict[str, Any]:
+def _robots(outcome: Outcome, given: bool, compliance: bool) -> dict[str, Any]:
     verdict = outcome.robots
     if verdict is None:
-        why = "no robots.txt given (--robots-txt FILE)" if not given else "not checked"
+        why = "no robots.txt given (--robots-txt FILE)" if not given else \
+            "not checked" if compliance else \
+            "robots.txt compliance is off (robots_compliance: false)"
         return {"checked": False, "note": why}
     return {"checked": True, "allowed": verdict.allowed, "rule": verdict.rule or None,
             "group": verdict.group or None, "violation": outcome.robots_violation}
@@ -187,10 +192,12 @@ def _robots(outcome: Outcome, given: bool) -> dict[str, Any]:
 
 def _declarations(policy: Policy, catalog: Catalog, host: str, path: str, query: str,
                   crawler: Crawler | None, robots_txt: bytes | None,
-                  keys: bool) -> dict[str, Any]:
-    """What the served robots.txt and the response headers declare for this path."""
+                  keys: bool, robots_verdicts: bool) -> dict[str, Any]:
+    """What the served robots.txt and the response headers declare for this path;
+    `robots_verdicts`: the gate above had a robots.txt to judge by, as the plan must."""
     served = declarations(policy, catalog, load_vocabularies(), site=f"https://{host}",
-                          host=host, origin_txt=robots_txt, jwks=keys)
+                          host=host, origin_txt=robots_txt, jwks=keys,
+                          robots_compliance=robots_verdicts)
     token = crawler.robots_token if crawler is not None else "*"
     if policy.declarations.robots_txt is RobotsMode.OFF:
         robots: dict[str, Any] = {"served": False}

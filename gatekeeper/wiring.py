@@ -242,6 +242,7 @@ def public_documents(c: Components) -> Documents:
     return Documents(c.holder.get, lambda: keyring.jwks() if keyring is not None else None,
                      c.holder.get().token_url, c.licensing.owners.current,
                      crawlers=c.catalog, vocab=load_vocabularies(),
+                     robots_compliance=c.settings.robots_compliance,
                      # A plan lives until the policy or the origin's robots.txt changes:
                      # out of the collector's way, like the policy itself.
                      on_new_plan=freeze_long_lived)

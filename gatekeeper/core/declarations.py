@@ -66,7 +66,7 @@ from gatekeeper.core.model import Pattern, Policy, RobotsMode, Rule, UsageStatem
 from gatekeeper.core.owners import AI_PURPOSES, NO_OWNERS, Owners
 from gatekeeper.core.robots import PatternSet, RobotsRules
 from gatekeeper.core.rsl import RSL_MEDIA_TYPE, rfc9309_patterns
-from gatekeeper.core.stance import Stance, Verdict, applies_to, rules_for, stance_of
+from gatekeeper.core.stance import Enforced, Stance, Verdict, applies_to, rules_for
 from gatekeeper.core.usage import Vocabularies, content_signal, content_usage
 
 _V = TypeVar("_V")
@@ -229,9 +229,13 @@ def plan(
     origin: RobotsRules | None = None,
     owners: Owners = NO_OWNERS,
     jwks: bool = True,
+    robots_compliance: bool = True,
 ) -> Plan:
     """The declarations of `policy` for `host`; `origin` is the origin's robots.txt,
-    `jwks` whether the token keys are served (a signing key exists)."""
+    `jwks` whether the token keys are served (a signing key exists),
+    `robots_compliance` whether the gate reads the origin's robots.txt at all
+    (`Settings.robots_compliance`): without it the gate has no verdict to match
+    `robots:` conditions on, and neither has the plan."""
     settings = policy.declarations
     mode = settings.robots_txt
     catalog = tuple(crawlers)
@@ -244,15 +248,20 @@ def plan(
         patterns.update(_crawler_patterns(policy, owners, crawler, host, notes))
     regions = PatternSet(patterns)
     # Per crawler and region: the stance where the origin's robots.txt allows the path,
-    # and where it disallows it (they differ only under a `robots: disallowed` rule).
-    uses_robots = any(r.match.robots_disallowed is not None for r in _all_rules(policy))
+    # and where it disallows it (they differ only under a `robots:` rule). With
+    # compliance off the gate passes no verdict, so neither does the plan: a `robots:`
+    # rule then never matches, whatever the origin's file says.
+    uses_robots = robots_compliance and any(r.match.robots_disallowed is not None
+                                            for r in _all_rules(policy))
+    allowed, disallowed = (False, True) if robots_compliance else (None, None)
+    enforced = Enforced(policy, owners)
     judged: dict[str, dict[str, tuple[Stance, Stance]]] = {}
     for crawler in catalog:
         judged[crawler.name] = by_region = {}
         for pattern in patterns:
             path = representative(pattern)
-            free = stance_of(policy, owners, crawler, path, host, False)
-            barred = stance_of(policy, owners, crawler, path, host, True) if uses_robots \
+            free = enforced.stance(crawler, path, host, allowed)
+            barred = enforced.stance(crawler, path, host, disallowed) if uses_robots \
                 else free
             by_region[pattern] = (free, barred)
             if free.conditional:

@@ -61,14 +61,18 @@ class Documents:
 
     `jwks` returns the current JWK Set (None when no signing key exists yet);
     `token_url` is where crawler vendors obtain tokens, as an absolute URL or a path
-    on this site; `crawlers` and `vocab` are what declarations are derived over.
+    on this site; `crawlers` and `vocab` are what declarations are derived over;
+    `robots_compliance` whether the gate judges requests by the origin's robots.txt
+    (without it, `robots:` rules never match, and the declarations say so).
     """
 
     def __init__(self, policy: Callable[[], Policy], jwks: Callable[[], Mapping[str, object]
                  | None], token_url: str, owners: Callable[[], Owners] | None = None, *,
                  crawlers: Iterable[Crawler] = (), vocab: Vocabularies | None = None,
-                 on_new_plan: Callable[[], None] | None = None) -> None:
+                 on_new_plan: Callable[[], None] | None = None,
+                 robots_compliance: bool = True) -> None:
         self._policy = policy
+        self._robots_compliance = robots_compliance
         self._jwks = jwks
         self._token_url = token_url
         self._owners = owners or (lambda: NO_OWNERS)
@@ -172,7 +176,8 @@ class Documents:
         if cached is not None:
             return cached[0]
         found = plan(policy, self._crawlers, self._vocab, host=host, origin=origin,
-                     owners=owners, jwks=self._jwks() is not None)
+                     owners=owners, jwks=self._jwks() is not None,
+                     robots_compliance=self._robots_compliance)
         return self._keep(key, found, policy, owners)
 
     async def build_plan(self, host: str) -> None:
@@ -189,7 +194,8 @@ class Documents:
         if pending is None:
             pending = asyncio.ensure_future(asyncio.to_thread(
                 plan, policy, self._crawlers, self._vocab, host=host, origin=origin,
-                owners=owners, jwks=self._jwks() is not None))
+                owners=owners, jwks=self._jwks() is not None,
+                robots_compliance=self._robots_compliance))
             self._building[key] = pending
             pending.add_done_callback(lambda _: self._building.pop(key, None))
         found = await asyncio.shield(pending)

@@ -156,6 +156,38 @@ async def test_a_contradicting_origin_group_is_logged_once(
     assert status == 200
 
 
+ROBOTS_CONDITIONED = """
+version: 1
+default: block
+rules:
+  - {name: robots-allowed, match: {crawlers: [GPTBot], robots: allowed}, action: allow}
+"""
+
+
+@pytest.mark.parametrize("compliance", [True, False], ids=["compliance-on", "compliance-off"])
+async def test_served_robots_txt_agrees_with_the_gate_on_a_robots_condition(
+    upstream: Upstream, start_gatekeeper: StartGate, compliance: bool
+) -> None:
+    # With compliance off the gate has no robots.txt verdict, so `robots: allowed`
+    # never matches and the default refuses: the served file must not say "allowed".
+    gk = await start_gatekeeper(upstream.url, ROBOTS_CONDITIONED,
+                                robots_compliance=compliance)
+    _, _, body = await _get(gk.url + "/robots.txt", GPTBOT)
+    robots = urllib.robotparser.RobotFileParser()
+    robots.parse(body.decode().splitlines())
+    answers = {}
+    for path in ("/articles/1", "/private/x"):
+        status, _, _ = await _get(gk.url + path, GPTBOT)
+        answers[path] = status
+        assert robots.can_fetch("GPTBot", gk.url + path) is (status == 200), (path, status)
+    # The origin's file disallows /private/ for `*`: with compliance on, GPTBot is
+    # served elsewhere; with it off, nowhere.
+    assert answers == {"/articles/1": 200 if compliance else 403, "/private/x": 403}
+    # The usage words state the policy's stance where the origin's file allows the path.
+    usage = DeclaredRobots.parse(body.decode()).usage("GPTBot", "/articles/1")
+    assert usage["train-ai"] is compliance, usage
+
+
 @pytest.fixture
 async def opinionated_origin() -> AsyncIterator[str]:
     """An origin that states its own, different preferences and links."""

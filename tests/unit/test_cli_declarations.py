@@ -160,3 +160,56 @@ def test_explain_leaves_the_keys_to_the_gate_until_a_signing_key_exists(
     assert out.returncode == 0, out.stderr
     assert "rule:           default -> block" in out.stdout
     assert "answer 403" in out.stdout
+
+
+ROBOTS_ALLOWED = ("version: 1\ndefault: block\nrules:\n  - {name: served, match: "
+                  "{crawlers: [GPTBot], robots: allowed}, action: allow}\n")
+
+
+def test_check_warns_that_robots_conditions_never_match_without_compliance(
+        tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(ROBOTS_ALLOWED)
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("robots_compliance: false\n")
+    warning = (f"{policy}:4: warning: rule 'served' has a robots: condition, and "
+               "robots_compliance is off: it never matches")
+    out = gk("check", str(policy), "--config", str(settings))
+    assert out.returncode == 0, out.stderr
+    assert warning in out.stderr
+    # The environment says so too; with compliance on (the default) nothing is said.
+    out = gk("check", str(policy), env={"GATEKEEPER_ROBOTS_COMPLIANCE": "false"})
+    assert warning in out.stderr
+    assert "warning" not in gk("check", str(policy)).stderr
+
+
+def test_declarations_follow_the_robots_compliance_setting(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(ROBOTS_ALLOWED)
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("robots_compliance: false\n")
+    for extra, allowed in (((), True), (("--config", str(settings)), False)):
+        out = gk("declarations", "--only", "robots.txt", "--policy", str(policy), *extra)
+        assert out.returncode == 0, out.stderr
+        assert RobotsRules.parse(out.stdout.encode()).verdict(
+            "GPTBot", "/articles/1").allowed is allowed, extra
+
+
+def test_explain_declares_what_the_gate_decides_without_robots_compliance(
+        tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(ROBOTS_ALLOWED)
+    origin = tmp_path / "robots.txt"
+    origin.write_text("User-agent: *\nDisallow: /private/\n")
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("robots_compliance: false\n")
+    args = ("explain", "--ua", GPTBOT, "--path", "/articles/1", "--policy", str(policy),
+            "--robots-txt", str(origin), "--json")
+    for extra, served in (((), True), (("--config", str(settings)), False)):
+        out = gk(*args, *extra)
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)
+        assert report["decision"]["forward"] is served, extra
+        assert report["declarations"]["robots_txt"]["allowed"] is served, extra
+        assert report["robots"]["checked"] is served, extra
+    assert report["robots"]["note"] == "robots.txt compliance is off (robots_compliance: false)"

@@ -49,10 +49,10 @@ def _policy(text: str) -> Policy:
 
 
 def _robots(policy: Policy, origin: str | None = None, owners: Owners | None = None,
-            ) -> tuple[Plan, str]:
+            compliance: bool = True) -> tuple[Plan, str]:
     rules = RobotsRules.parse(origin.encode()) if origin is not None else None
     found = plan(policy, CATALOG, VOCAB, host="example.com", origin=rules,
-                 owners=owners or Owners())
+                 owners=owners or Owners(), robots_compliance=compliance)
     served = rules.text if rules is not None and found.mode.value == "merge" else None
     doc = render_robots(found, origin_text=served, license_url=RSL,
                         offers_licences=any(lic.usages for lic in policy.licenses))
@@ -466,6 +466,40 @@ def test_served_file_parses_the_same_in_rfc9309_and_classic_parsers(
                 assert not allowed, (agent, path)
             elif not barred:
                 assert allowed, (agent, path)
+
+
+def test_without_robots_compliance_a_robots_allowed_rule_is_not_declared_as_matching(
+        ) -> None:
+    # The gate has no robots.txt verdict then, so the rule never matches: GPTBot is
+    # refused by the default, and robots.txt and Content-Usage must say so.
+    policy = _policy("default: block\nrules:\n"
+                     "  - {name: served, match: {crawlers: [GPTBot], robots: allowed}, "
+                     "action: allow}\n")
+    for compliance, allowed in ((True, True), (False, False)):
+        found, text = _robots(policy, compliance=compliance)
+        assert RobotsRules.parse(text.encode()).verdict("GPTBot", "/articles/1").allowed \
+            is allowed, compliance
+        group = found.group_for("GPTBot")
+        assert group is not None
+        assert dict(group.usage)["/"] == ("train-ai=y" if allowed else "train-ai=n")
+        stdlib = urllib.robotparser.RobotFileParser()
+        stdlib.parse(text.splitlines())
+        assert stdlib.can_fetch("GPTBot", "/articles/1") is allowed
+
+
+def test_without_robots_compliance_replace_mode_repeats_no_origin_disallow() -> None:
+    # Under `robots: disallowed` the origin's lines bound what the gate enforces, so
+    # replace mode folds them in; without compliance the gate never reads them.
+    policy = _policy("declarations: {robots_txt: replace}\nrules:\n"
+                     "  - {name: barred, match: {kinds: [crawler], robots: disallowed}, "
+                     "action: block}\n")
+    origin = "User-agent: *\nDisallow: /private/\n"
+    found, text = _robots(policy, origin)
+    assert not RobotsRules.parse(text.encode()).verdict("Googlebot", "/private/x").allowed
+    assert found.group_for("Googlebot") is not None
+    found, text = _robots(policy, origin, compliance=False)
+    assert RobotsRules.parse(text.encode()).verdict("Googlebot", "/private/x").allowed
+    assert found.groups == ()
 
 
 def test_a_huge_origin_file_is_cut_so_the_generated_groups_stay_within_500_kib() -> None:

@@ -29,7 +29,7 @@ from gatekeeper.core.model import Policy, RobotsMode
 from gatekeeper.core.owners import NO_OWNERS
 from gatekeeper.core.robots import RobotsRules
 from gatekeeper.core.robots_txt import render_robots
-from gatekeeper.core.stance import Verdict, stance_of
+from gatekeeper.core.stance import Verdict, robots_conditioned, stance_of
 from gatekeeper.core.tdmrep import render_tdmrep
 from gatekeeper.policy.loader import load_default_policy, load_policy_file, load_policy_text
 from gatekeeper.vocabulary_loader import load_vocabularies
@@ -85,13 +85,18 @@ CLASSIC_SAFE = {ORIGINS[0], ORIGINS[2], ORIGINS[3], ORIGINS[4]}
 
 
 class Declared:
-    """Everything one policy declares for one origin file, parsed back."""
+    """Everything one policy declares for one origin file, parsed back; `compliance`:
+    whether the gate reads the origin's file (`robots_compliance`), and so has a
+    robots.txt verdict to give `robots:` conditions."""
 
-    def __init__(self, policy: Policy, origin_text: str | None) -> None:
+    def __init__(self, policy: Policy, origin_text: str | None, compliance: bool = True,
+                 ) -> None:
         self.policy = policy
         self.origin_text = origin_text
+        self.compliance = compliance
         self.origin = RobotsRules.parse(origin_text.encode()) if origin_text else None
-        self.plan: Plan = plan(policy, CATALOG, VOCAB, host=HOST, origin=self.origin)
+        self.plan: Plan = plan(policy, CATALOG, VOCAB, host=HOST, origin=self.origin,
+                               robots_compliance=compliance)
         merged = self.origin is not None and self.plan.mode is RobotsMode.MERGE
         doc = render_robots(self.plan, origin_text=self.origin.text if merged and self.origin
                             else None, license_url=RSL,
@@ -107,6 +112,10 @@ class Declared:
     def origin_disallows(self, crawler: Crawler, url: str) -> bool:
         return self.origin is not None and not self.origin.verdict(
             crawler.robots_token, url).allowed
+
+    def gate_verdict(self, disallowed: bool) -> bool | None:
+        """The robots.txt verdict the gate passes to the policy: none without compliance."""
+        return disallowed if self.compliance else None
 
     def judge(self, crawler: Crawler, url: str) -> str:
         """Assert agreement for one pair; "checked", "public", or "skip: <limit>"."""
@@ -127,7 +136,8 @@ class Declared:
         if limit is not None:  # more origin `*` rules than are folded
             return f"skip: {ORIGIN_WILDCARD}"
         origin_says_no = self.origin_disallows(crawler, url)
-        stance = stance_of(self.policy, NO_OWNERS, crawler, path, HOST, origin_says_no)
+        stance = stance_of(self.policy, NO_OWNERS, crawler, path, HOST,
+                           self.gate_verdict(origin_says_no))
         if stance.conditional:
             return f"skip: {HEADERS}"
         named = crawler.name in self.plan.origin_named
@@ -149,7 +159,8 @@ class Declared:
         if not named and self.policy.declarations.content_usage:
             # Preferences state the policy's own stance; the origin's Disallow lines
             # are declared by its robots.txt.
-            own = stance_of(self.policy, NO_OWNERS, crawler, path, HOST, False)
+            own = stance_of(self.policy, NO_OWNERS, crawler, path, HOST,
+                            self.gate_verdict(False))
             usage = self.lines.usage(token, url)
             stated = self._stated(path)
             for word in VOCAB.aipref.words_for(crawler.purpose):
@@ -179,7 +190,8 @@ class Declared:
         if "*" in region or any(p == region and limit is Limit.GLOB
                                 for (_, p), limit in self.inexact.items()):
             return f"skip: {GLOBS}"
-        stances = [(c, stance_of(self.policy, NO_OWNERS, c, path, HOST, False))
+        stances = [(c, stance_of(self.policy, NO_OWNERS, c, path, HOST,
+                                 self.gate_verdict(False)))
                    for c in CATALOG]
         if any(s.conditional for _, s in stances):
             return f"skip: {HEADERS}"
@@ -216,7 +228,7 @@ class Declared:
         regions = self._regions()
         for word, purposes in VOCAB.content_signals.words:
             refused = any(stance_of(self.policy, NO_OWNERS, c, representative_path(r), HOST,
-                                    False).verdict.refused
+                                    self.gate_verdict(False)).verdict.refused
                           for c in CATALOG if c.purpose in purposes for r in regions)
             stated_no = any(not allowed and VOCAB.purposes_of(stated) & purposes
                             for statement in self.policy.declarations.usage
@@ -255,6 +267,25 @@ def _shipped() -> list[tuple[str, Policy]]:
 
 
 SHIPPED = _shipped()
+# `robots:` conditions both ways, where the rest of the policy refuses: with compliance
+# off the gate has no verdict and they never match, and neither may the declarations.
+ROBOTS_CONDITIONED = [
+    ("robots-allowed-or-block", load_policy_text(
+        "version: 1\ndefault: block\nrules:\n"
+        "  - {name: served, match: {crawlers: [GPTBot], robots: allowed}, action: allow}\n"
+        "  - {name: searched, match: {purposes: [search-engine], robots: allowed}, "
+        "action: allow}\n", "robots-allowed.yaml", CATALOG)),
+    ("robots-disallowed-allows", load_policy_text(
+        "version: 1\ndeclarations: {robots_txt: replace}\nrules:\n"
+        "  - {name: kept, match: {crawlers: [ClaudeBot], robots: disallowed}, "
+        "action: allow}\n"
+        "  - {name: no-training, match: {purposes: [ai-training]}, action: block}\n"
+        "  - {name: barred, match: {kinds: [crawler], robots: disallowed}, action: block}\n",
+        "robots-disallowed.yaml", CATALOG)),
+]
+SAMPLES = ["/", "/premium/x", "/premium", "/free/a", "/private/press/x", "/private/y",
+           "/news/1", "/a", "/a/b", "/.well-known/security.txt", "/x/y/z/", "/a?x=1",
+           "/premium?x", "/robots.txt", "/license.xml", "/.well-known/tdmrep.json"]
 
 
 def test_the_documented_limits_are_the_ones_the_docs_list() -> None:
@@ -264,16 +295,17 @@ def test_the_documented_limits_are_the_ones_the_docs_list() -> None:
     assert titles >= DOCUMENTED_LIMITS, DOCUMENTED_LIMITS - titles
 
 
+@pytest.mark.parametrize("compliance", [True, False],
+                         ids=["robots-compliance", "no-robots-compliance"])
 @pytest.mark.parametrize("origin", ORIGINS, ids=lambda o: "no-origin" if o is None
                          else json.dumps(o)[:30])
-@pytest.mark.parametrize(("name", "policy"), SHIPPED, ids=[n for n, _ in SHIPPED])
-def test_shipped_policies_declare_what_they_enforce(name: str, policy: Policy,
-                                                    origin: str | None) -> None:
-    declared = Declared(policy, origin)
+@pytest.mark.parametrize(("name", "policy"), SHIPPED + ROBOTS_CONDITIONED,
+                         ids=[n for n, _ in SHIPPED + ROBOTS_CONDITIONED])
+def test_shipped_and_robots_conditioned_policies_declare_what_they_enforce(
+        name: str, policy: Policy, origin: str | None, compliance: bool) -> None:
+    declared = Declared(policy, origin, compliance)
     outcomes: Counter[str] = Counter()
-    samples = ["/", "/premium/x", "/premium", "/free/a", "/private/press/x", "/private/y",
-               "/news/1", "/a", "/a/b", "/.well-known/security.txt", "/x/y/z/", "/a?x=1",
-               "/premium?x", "/robots.txt", "/license.xml", "/.well-known/tdmrep.json"]
+    samples = SAMPLES
     for path in samples:
         outcomes[declared.site_wide(path)] += 1
         for crawler in CATALOG:
@@ -305,8 +337,14 @@ def test_the_drawn_crawler_names_are_in_the_catalog() -> None:
     assert set(CRAWLERS) <= {c.name for c in CATALOG}
 
 
+# Host sections, drawn by `policies(hosts=True)`: the first whose globs match the
+# host is the one tried, so overlapping lists test the order too.
+SECTION_HOSTS = [["blog.example.com"], ["*.example.com"], ["*.shop.example", "example.com"]]
+
+
 @st.composite
-def policies(draw: st.DrawFn) -> str:
+def rule_lines(draw: st.DrawFn, prefix: str = "r", indent: str = "  ") -> list[str]:
+    """A list of rules as YAML list items."""
     rules = []
     for i in range(draw(st.integers(1, 6))):
         match: dict[str, object] = {}
@@ -322,10 +360,25 @@ def policies(draw: st.DrawFn) -> str:
                                               max_size=2, unique=True))
         if draw(st.integers(0, 5)) == 0:
             match["headers"] = draw(st.sampled_from(HEADER_CONDITIONS))
-        if draw(st.integers(0, 5)) == 0:
-            match = {"kinds": ["crawler"], "robots": "disallowed"}
+        if draw(st.integers(0, 3)) == 0:
+            # As the default policy has it, or as a further condition of the rule.
+            robots = draw(st.sampled_from(["disallowed", "allowed"]))
+            match = {"kinds": ["crawler"], "robots": robots} if draw(st.booleans()) \
+                else match | {"robots": robots}
         action = draw(st.sampled_from(ACTIONS))
-        rules.append(f"  - name: r{i}\n    match: {json.dumps(match)}\n    action: {action}\n")
+        rules.append(f"{indent}- name: {prefix}{i}\n{indent}  match: {json.dumps(match)}\n"
+                     f"{indent}  action: {action}\n")
+    return rules
+
+
+@st.composite
+def policies(draw: st.DrawFn, hosts: bool = False) -> str:
+    rules = draw(rule_lines())
+    sections = ""
+    if hosts:
+        for index in range(draw(st.integers(0, 2))):
+            sections += (f"  - hosts: {json.dumps(draw(st.sampled_from(SECTION_HOSTS)))}\n"
+                         "    rules:\n" + "".join(draw(rule_lines(f"h{index}r", "      "))))
     default = draw(st.sampled_from(["allow", "block"]))
     usage = ""
     if draw(st.booleans()):
@@ -337,21 +390,25 @@ def policies(draw: st.DrawFn) -> str:
     return ("version: 1\ndefault: " + default + "\n"
             "licenses:\n  - {name: train, usages: [ai-train]}\n"
             f"declarations:\n  robots_txt: {mode}\n{usage}"
-            "rules:\n" + "".join(rules))
+            "rules:\n" + "".join(rules) + (f"hosts:\n{sections}" if sections else ""))
 
 
-# Every catalog crawler on every path: about a third of a second per example.
+# Every catalog crawler on every path: about a third of a second per example, twice
+# for a policy with a `robots:` rule.
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(policies(), st.sampled_from(ORIGINS), st.lists(paths, min_size=3, max_size=5))
+@given(policies(hosts=True), st.sampled_from(ORIGINS),
+       st.lists(paths, min_size=3, max_size=5))
 def test_generated_policies_declare_what_they_enforce(text: str, origin: str | None,
                                                       sample: list[str]) -> None:
     policy = load_policy_text(text, "generated.yaml", CATALOG)
-    declared = Declared(policy, origin)
-    for index, path in enumerate(sample):
-        _record(declared.site_wide(path))
-        for crawler in CATALOG:
-            _record(declared.judge(crawler, path))
-            # The classic parsers read the whole catalog once, then the groups: a
-            # crawler without one reads the origin's `*` group in every parser.
-            declared.classic(crawler, path, unless_grouped=index > 0)
-    declared.signal()
+    # Without a `robots:` rule, robots.txt compliance changes nothing the policy does.
+    for compliance in (True, False) if robots_conditioned(policy) else (True,):
+        declared = Declared(policy, origin, compliance)
+        for index, path in enumerate(sample):
+            _record(declared.site_wide(path))
+            for crawler in CATALOG:
+                _record(declared.judge(crawler, path))
+                # The classic parsers read the whole catalog once, then the groups: a
+                # crawler without one reads the origin's `*` group in every parser.
+                declared.classic(crawler, path, unless_grouped=index > 0)
+        declared.signal()
