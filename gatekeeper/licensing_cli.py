@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gatekeeper.errors import GatekeeperError
+from gatekeeper.files import write_atomically
 from gatekeeper.settings import Settings, resolve
 
 
@@ -281,15 +281,9 @@ def _write_export(text: str, output: str | None) -> None:
                                   f"{exc.strerror or exc}") from exc
         return
     target = Path(output)
-    partial = target.with_name(f".{target.name}.partial")
     try:
-        with partial.open("w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        partial.replace(target)
+        write_atomically(target, text.encode("utf-8"), 0o644)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise GatekeeperError(f"--output: cannot write {target}: {exc.strerror or exc}") \
             from exc
 

@@ -8,6 +8,7 @@ and handed to each other.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import hashlib
 import os
@@ -52,6 +53,8 @@ from gatekeeper.policy.loader import (
     DEFAULT_POLICY_RESOURCE,
     load_default_policy,
     load_policy_file,
+    read_policy_file,
+    valid_policy,
 )
 from gatekeeper.policy.reload import PolicyHolder, ReloadResult, watch
 from gatekeeper.settings import Settings, split_hostport
@@ -203,12 +206,15 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Comp
     if not settings.upstream:
         raise SettingsError("upstream: required, e.g. --upstream http://127.0.0.1:8000")
     catalog = load_catalog(settings.catalog or None)
-    policy = load_policy(settings.policy or None, catalog)
+    # Read once: the holder keeps the files read, for the watcher and the digest.
+    read = read_policy_file(settings.policy, catalog) if settings.policy else None
+    policy = valid_policy(read) if read is not None else load_default_policy(catalog)
     accept = _worker_check(settings, catalog)
     if accept is not None and (refused := accept(policy)):
         # A worker restarted after the policy file changed: the same check.
         raise SettingsError(refused[0].message)
-    holder = PolicyHolder(policy, settings.policy or None, catalog, accept)
+    holder = PolicyHolder(policy, settings.policy or None, catalog, accept,
+                          files=read.files if read is not None else None)
     store = build_store(settings)
     classifier: Classifier = catalog
     if os.environ.get("GATEKEEPER_BENCH_NO_CLASSIFY") == "1":
@@ -329,12 +335,18 @@ def policy_digest(holder: PolicyHolder) -> str:
     after a failed one the holder describes the files that failed."""
     files = holder.watched_files()
     if not files:
-        text = resources.files("gatekeeper.data").joinpath(DEFAULT_POLICY_RESOURCE).read_bytes()
-        return hashlib.sha256(text).hexdigest()[:12]
+        return _default_policy_digest()
     if len(files) == 1:
         return (files[0].digest or "")[:12]
     lines = "".join(f"{f.digest}\n" for f in files)
     return hashlib.sha256(lines.encode()).hexdigest()[:12]
+
+
+@functools.cache
+def _default_policy_digest() -> str:
+    """The embedded policy never changes while the process runs."""
+    text = resources.files("gatekeeper.data").joinpath(DEFAULT_POLICY_RESOURCE).read_bytes()
+    return hashlib.sha256(text).hexdigest()[:12]
 
 
 def status_document(c: Components) -> dict[str, object]:

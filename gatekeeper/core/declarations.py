@@ -441,7 +441,7 @@ def _groups(
         candidates.append((crawler.robots_token, partial(
             _group, crawler, declared, offers, words if usage else None),
             adds or offers or differs))
-    agents = _agents(served.text) if served is not None else ()
+    agents = served.agents() if served is not None else ()
     groups = [write() for write in _for_substring_parsers(candidates, agents)]
     # Longest token first: a parser that takes the first group whose user agent is a
     # substring of the crawler's name then finds the crawler's own group first.
@@ -484,16 +484,6 @@ def _query_twin(pattern: str) -> str:
     # `P?*`, not `P?`: the same paths in RFC 9309, and `urllib.robotparser`, which
     # drops a final `?` and would read `P?` as the prefix `P`, never matches it.
     return pattern[:-1] + "?*"
-
-
-def _agents(text: str) -> tuple[str, ...]:
-    """The user agents the origin's file names, lower case, `*` left out."""
-    out = []
-    for line in text.splitlines():
-        name, colon, value = line.split("#", 1)[0].partition(":")
-        if colon and name.strip().lower() == "user-agent" and value.strip() not in ("", "*"):
-            out.append(value.strip().lower())
-    return tuple(dict.fromkeys(out))
 
 
 def _for_substring_parsers(candidates: Sequence[tuple[str, _V, bool]],

@@ -158,7 +158,7 @@ class RobotsRules:
         self._global: list[int] = []
         for index, group in enumerate(groups):
             for agent in group.agents:
-                if agent == "*" or (agent.startswith("*") and agent[1:2].isspace()):
+                if _is_global(agent):
                     self._global.append(index)
                     continue
                 names = {agent.lower()}
@@ -212,6 +212,11 @@ class RobotsRules:
         """Whether a group names this product token itself (not only `*`)."""
         key = robots_token.lower()
         return bool(key) and key != "*" and key in self._by_token
+
+    def agents(self) -> tuple[str, ...]:
+        """The user agents the groups name, lower case, in file order; `*` left out."""
+        return tuple(dict.fromkeys(agent.lower() for group in self._groups
+                                   for agent in group.agents if agent and not _is_global(agent)))
 
     def global_patterns(self) -> tuple[str, ...]:
         """The Allow and Disallow patterns of the `*` groups, in file order."""
@@ -284,6 +289,11 @@ def _index(group: str, rules: Iterable[_Rule]) -> _Choice:
     wildcards = sorted(wild, key=lambda rule: rule.rank, reverse=True)
     lengths = tuple(sorted({len(pattern) for pattern in plain}, reverse=True))
     return _Choice(group, plain, lengths, tuple(wildcards))
+
+
+def _is_global(agent: str) -> bool:
+    """`*`, alone or followed by other text after a space (read as `*`)."""
+    return agent == "*" or (agent.startswith("*") and agent[1:2].isspace())
 
 
 def _agent_naming(group: _Group, key: str) -> str:

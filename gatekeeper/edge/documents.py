@@ -175,10 +175,7 @@ class Documents:
         cached = self._plans.get(key)
         if cached is not None:
             return cached[0]
-        found = plan(policy, self._crawlers, self._vocab, host=host, origin=origin,
-                     owners=owners, jwks=self._jwks() is not None,
-                     robots_compliance=self._robots_compliance)
-        return self._keep(key, found, policy, owners)
+        return self._keep(key, self._derive(policy, host, origin, owners), policy, owners)
 
     async def build_plan(self, host: str) -> None:
         """Build the current plan for `host` in a worker thread, once however many
@@ -193,14 +190,19 @@ class Documents:
         pending = self._building.get(key)
         if pending is None:
             pending = asyncio.ensure_future(asyncio.to_thread(
-                plan, policy, self._crawlers, self._vocab, host=host, origin=origin,
-                owners=owners, jwks=self._jwks() is not None,
-                robots_compliance=self._robots_compliance))
+                self._derive, policy, host, origin, owners))
             self._building[key] = pending
             pending.add_done_callback(lambda _: self._building.pop(key, None))
         found = await asyncio.shield(pending)
         if key not in self._plans:
             self._keep(key, found, policy, owners)
+
+    def _derive(self, policy: Policy, host: str, origin: RobotsRules | None,
+                owners: Owners) -> Plan:
+        assert self._vocab is not None
+        return plan(policy, self._crawlers, self._vocab, host=host, origin=origin,
+                    owners=owners, jwks=self._jwks() is not None,
+                    robots_compliance=self._robots_compliance)
 
     def _key(self, policy: Policy, owners: Owners, host: str,
              origin: RobotsRules | None) -> tuple[int, int, int, str]:

@@ -263,14 +263,19 @@ def request_framing(http10: bool, incoming: MultiMapping[str]) -> int | None:
     """`body_framing`, after refusing the Transfer-Encodings a lenient parser accepts
     but an upstream could read differently: any on HTTP/1.0, anything but one
     `chunked`. The declared `Content-Length`, or None."""
-    te = incoming.get("Transfer-Encoding")
-    if te is not None:
+    if "Transfer-Encoding" in incoming:
         if http10:
             raise BadRequest("ambiguous_framing", "Transfer-Encoding on HTTP/1.0")
-        values = incoming.getall("Transfer-Encoding")
-        if len(values) != 1 or te.strip().lower() != "chunked":
+        if not chunked_only(incoming):
             raise BadRequest("ambiguous_framing", "Transfer-Encoding other than 'chunked'")
     return body_framing(incoming)
+
+
+def chunked_only(headers: MultiMapping[str]) -> bool:
+    """True when `Transfer-Encoding` is one field saying `chunked` and nothing else:
+    the only transfer-coding Gatekeeper undoes, on requests and responses alike."""
+    values = headers.getall("Transfer-Encoding", ())
+    return len(values) == 1 and values[0].strip().lower() == "chunked"
 
 
 def downstream_response_headers(upstream: MultiMapping[str]) -> CIMultiDict[str]:

@@ -29,7 +29,7 @@ from typing import Final
 import aiohttp
 from aiohttp import WSMsgType, http_exceptions, web
 from aiohttp.http_writer import StreamWriter
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
 from gatekeeper.core.facts import RequestFacts
@@ -40,6 +40,7 @@ from gatekeeper.edge.headers import (
     add_gate_headers,
     check_head_size,
     check_header_bytes,
+    chunked_only,
     downstream_response_headers,
     is_websocket_upgrade,
     request_framing,
@@ -349,8 +350,8 @@ class Proxy:
                     # refuse to relay it, and the client would get a 500, not a 502.
                     upstream.close()
                     raise _ProtocolViolation("control character in a response header")
-                coding = upstream.headers.get("Transfer-Encoding")
-                if coding is not None and not _chunked_only(upstream.headers):
+                if "Transfer-Encoding" in upstream.headers \
+                        and not chunked_only(upstream.headers):
                     # Only chunked is undone on the way in (RFC 9112 §6.1): any other
                     # transfer-coding would reach the client encoded, with nothing to
                     # say so, since the header itself is hop-by-hop.
@@ -682,12 +683,6 @@ def _relayed_code(pumps: tuple[asyncio.Future[int], ...]) -> int:
             return pump.result()
     return int(aiohttp.WSCloseCode.OK)
 
-
-
-def _chunked_only(headers: CIMultiDictProxy[str]) -> bool:
-    codings = [c.strip().lower() for v in headers.getall("Transfer-Encoding")
-               for c in v.split(",") if c.strip()]
-    return codings == ["chunked"]
 
 
 def _safe_reason(reason: str | None) -> str | None:

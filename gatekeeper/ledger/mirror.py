@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import secrets
 import socket
 import time
@@ -52,6 +51,7 @@ from typing import Any, Final
 import redis.asyncio
 from redis.exceptions import RedisError
 
+from gatekeeper.files import write_atomically
 from gatekeeper.ledger.file import VerifyResult, verify_lines
 from gatekeeper.ledger.record import ChainedRecord, LedgerError, UsageRecord, parse_line
 from gatekeeper.observe import logging as gk_logging
@@ -217,23 +217,10 @@ def _read_mark(path: Path) -> _Mark | None:
 def _write_mark(path: Path, mark: _Mark) -> None:
     # Written whole and synced (a temporary file renamed over it): after a crash the
     # note is the last one written, never half of one.
-    target = mark_path(path)
-    partial = target.with_name(f".{target.name}.partial")
     data = json.dumps({"stream": mark.stream, "epoch": mark.epoch, "seq": mark.seq,
                        "hash": mark.hash,
                        "sending": list(mark.sending) if mark.sending else None})
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-    try:
-        os.write(fd, data.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    partial.replace(target)
-    fd = os.open(target.parent, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomically(mark_path(path), data.encode(), 0o640)
 
 
 class LedgerMirror:

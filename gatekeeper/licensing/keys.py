@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from gatekeeper.core.httpsig import jwk_thumbprint
 from gatekeeper.errors import GatekeeperError
+from gatekeeper.files import write_atomically
 from gatekeeper.licensing.tokens import ALGORITHM, SigningKey
 
 __all__ = ["KeyInfo", "Keyring", "KeyringError", "SigningKey", "public_jwk"]
@@ -272,11 +273,4 @@ def _metadata(info: KeyInfo) -> bytes:
 
 def _write(path: Path, data: bytes, mode: int) -> None:
     """Write `path` whole or not at all, with `mode` from the first byte on."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with open(fd, "wb") as file:
-        os.fchmod(fd, mode)  # the umask may have narrowed it, or the file existed before
-        file.write(data)
-        file.flush()
-        os.fsync(fd)
-    os.replace(temporary, path)
+    write_atomically(path, data, mode)

@@ -36,7 +36,6 @@ import json
 import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from gatekeeper.errors import GatekeeperError
+from gatekeeper.files import write_atomically
 from gatekeeper.observe import logging as gk_logging
 
 _log = gk_logging.get_logger("gatekeeper.licensing")
@@ -321,24 +321,7 @@ def _dump(state: _Mutable) -> bytes:
 
 def _write(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so that readers see the old file or the new one, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a crash
-    finally:
-        os.close(dir_fd)
+    write_atomically(path, data, 0o600, parents=True)
 
 
 @contextlib.contextmanager

@@ -19,9 +19,7 @@ File format:
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -32,6 +30,7 @@ from typing import Any
 from gatekeeper.core.globs import GlobError, compile_path_glob
 from gatekeeper.core.owners import NO_OWNERS, Owner, Owners, Stance
 from gatekeeper.errors import GatekeeperError
+from gatekeeper.files import write_atomically
 
 VERSION = 1
 CHECK_INTERVAL = 1.0  # seconds between looks at the file for changes
@@ -107,18 +106,8 @@ class OwnerRegistry:
         self._owners, self._raw, self._stamp, self.last_error = owners, raw, stamp, None
 
     def _write(self, raw: list[dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         data = json.dumps({"version": VERSION, "owners": raw}, indent=2).encode() + b"\n"
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".owners-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(self.path, data, 0o600, parents=True)
         self._stamp = None
         self._reload(_stamp(self.path))
         self._checked_at = time.monotonic()

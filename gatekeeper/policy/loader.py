@@ -133,7 +133,7 @@ class PolicyRead:
 
 
 def load_policy_file(path: str | Path, catalog: CatalogNames) -> Policy:
-    return _raise_if_bad(read_policy_file(path, catalog))
+    return valid_policy(read_policy_file(path, catalog))
 
 
 def load_policy_text(
@@ -142,7 +142,7 @@ def load_policy_text(
     """A policy from text; `base_dir` is where includes are found (none without it)."""
     context = _Context(catalog, Path(base_dir) if base_dir is not None else None)
     policy = _FileWalker(context, source_name, context.root_dir, ()).policy(text)
-    return _raise_if_bad(context.result(policy))
+    return valid_policy(context.result(policy))
 
 
 def load_default_policy(catalog: CatalogNames) -> Policy:
@@ -163,7 +163,8 @@ def read_policy_file(path: str | Path, catalog: CatalogNames) -> PolicyRead:
     return context.result(walker.policy(text))
 
 
-def _raise_if_bad(read: PolicyRead) -> Policy:
+def valid_policy(read: PolicyRead) -> Policy:
+    """The policy `read` produced; PolicyError with its problems when there is none."""
     if read.problems or read.policy is None:
         raise PolicyError(list(read.problems))
     return read.policy

@@ -43,7 +43,8 @@ class PolicyHolder:
     file is valid. `path` None means the embedded policy, which never changes."""
 
     def __init__(self, policy: Policy, path: str | None, catalog: CatalogNames,
-                 accept: Callable[[Policy], Sequence[Problem]] | None = None) -> None:
+                 accept: Callable[[Policy], Sequence[Problem]] | None = None, *,
+                 files: tuple[SourceFile, ...] | None = None) -> None:
         self.current = policy
         self.path = path
         self._catalog = catalog
@@ -53,7 +54,8 @@ class PolicyHolder:
         # SIGHUP (event loop) and the watcher (worker thread) may reload at once;
         # without the lock the older read could be assigned last.
         self._lock = threading.Lock()
-        self._files: tuple[SourceFile, ...] | None = None
+        # The files `policy` was read from, when the caller has them (no second read).
+        self._files: tuple[SourceFile, ...] | None = files
 
     def get(self) -> Policy:
         return self.current

@@ -14,9 +14,6 @@ reported in the result.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -27,6 +24,7 @@ from typing import Final, Literal
 import aiohttp
 
 from gatekeeper.errors import GatekeeperError
+from gatekeeper.files import write_atomically
 from gatekeeper.observe.logging import get_logger
 from gatekeeper.verify.ranges import (
     CacheMeta,
@@ -221,18 +219,7 @@ def _accept(info: SourceInfo, body_path: Path, meta_path: Path, fetched: _Fetche
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, data, _FILE_MODE)
 
 
 class RangeRefresher:
