@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
 import sys
 import time
 from pathlib import Path
@@ -57,7 +56,8 @@ def add_parsers(sub: Any) -> None:
     inspect = tsub.add_parser("inspect", help="decode and verify a token (from stdin or arg)")
     inspect.add_argument("token", nargs="?")
     revoke = tsub.add_parser("revoke", help="revoke a token by its id (jti)")
-    revoke.add_argument("token_id")
+    revoke.add_argument("token_id", help="ids issued before hex ids may begin with '-': "
+                        "put `--` before such an id")
     revoke.add_argument("--expires", type=float, default=None,
                         help="unix time it expires (default: 400 days from now)")
     tsub.add_parser("list", help="list issued tokens (id, holder, licence, state)")
@@ -156,11 +156,20 @@ def _check_names(settings: Settings, crawler: str, licenses: list[str]) -> None:
 def _token(args: argparse.Namespace, settings: Settings) -> int:
     from gatekeeper.licensing.keys import Keyring
     from gatekeeper.licensing.licensees import Licensees
-    from gatekeeper.licensing.tokens import LicenseClaims, TokenRejected, TokenVerifier, issue_token
+    from gatekeeper.licensing.tokens import (
+        LicenseClaims,
+        TokenRejected,
+        TokenVerifier,
+        issue_token,
+        new_token_id,
+    )
 
     state = settings.state_path()
     registry = Licensees(state / "licensees.json")
     if args.action == "revoke":
+        if args.token_id.count(".") == 2:
+            raise GatekeeperError("that is a whole token, not its id: `gatekeeper token "
+                                  "inspect` prints the id to revoke")
         expires = args.expires if args.expires is not None else time.time() + 400 * 86400
         registry.revoke(args.token_id, expires)
         if settings.store != "memory":
@@ -210,7 +219,7 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
         issuer=settings.token_issuer(), audience=tuple(settings.site_hosts),
         subject=licensee.id, crawler=licensee.crawler, crawler_key=licensee.key_thumbprint,
         license=lic.name, usages=lic.usages, paths=(), not_before=now,
-        expires=now + lifetime, token_id=secrets.token_urlsafe(12),
+        expires=now + lifetime, token_id=new_token_id(),
     )
     from gatekeeper.licensing.issued import record
 

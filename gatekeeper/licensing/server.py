@@ -38,7 +38,6 @@ import base64
 import binascii
 import json
 import math
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -63,6 +62,7 @@ from gatekeeper.licensing.tokens import (
     TokenVerifier,
     grants,
     issue_token,
+    new_token_id,
 )
 from gatekeeper.observe import logging as gk_logging
 
@@ -224,7 +224,7 @@ class _LicenceServer:
             issuer=self._issuer, audience=self._audience, subject=licensee.id,
             crawler=licensee.crawler, crawler_key=licensee.key_thumbprint,
             license=chosen.name, usages=usages, paths=(), not_before=now,
-            expires=now + lifetime, token_id=secrets.token_urlsafe(16),
+            expires=now + lifetime, token_id=new_token_id(),
         )
         token = issue_token(claims, self._keyring.active_signing_key(moment))
         # What `gatekeeper token revoke` needs (id and expiry), never the token itself.

@@ -31,6 +31,7 @@ import base64
 import json
 import math
 import re
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -128,6 +129,15 @@ class LicenseClaims:
             raise TokenError("expires must be later than not_before")
         object.__setattr__(self, "audience", hosts)
         object.__setattr__(self, "compiled_paths", _compile_paths(self.paths))
+
+
+def new_token_id() -> str:
+    """A fresh `jti`: 128 random bits in hex.
+
+    Hex, not base64url: an id that began with `-` would be read as an option by
+    `gatekeeper token revoke`, and an operator revoking a leaked token must not stumble.
+    """
+    return secrets.token_hex(16)
 
 
 def _compile_paths(paths: tuple[str, ...]) -> tuple[Pattern, ...]:

@@ -67,3 +67,20 @@ def test_ledger_commands_without_a_ledger_say_so(tmp_path: Path) -> None:
     out = gk(tmp_path / "state", "ledger", "verify")
     assert out.returncode == 2
     assert "no ledger yet" in out.stderr
+
+
+def test_an_old_token_id_beginning_with_a_dash_is_revoked_after_a_double_dash(
+        tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    state = tmp_path / "state"
+    revoked = gk(state, "token", "revoke", "--", "-M7Ss5mESjuNwr2XFLHOHA")
+    assert revoked.returncode == 0, revoked.stderr
+    assert "revoked -M7Ss5mESjuNwr2XFLHOHA" in revoked.stdout
+
+
+def test_revoking_a_whole_token_instead_of_its_id_says_how_to_find_the_id(
+        tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    refused = gk(tmp_path / "state", "token", "revoke", "eyJhbGciOi.eyJzdWIi.c2ln")
+    assert refused.returncode == 2
+    assert "gatekeeper token inspect" in refused.stderr

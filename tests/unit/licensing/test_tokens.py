@@ -38,6 +38,7 @@ from gatekeeper.licensing.tokens import (
     TokenVerifier,
     VerifiedToken,
     issue_token,
+    new_token_id,
     scope_check,
     token_from_headers,
 )
@@ -484,3 +485,9 @@ def test_the_token_comes_from_one_authorization_header_only(
 
 def test_a_plain_dict_of_headers_is_read_whatever_the_name_case() -> None:
     assert token_from_headers({"authorization": "License x"}) == "x"
+
+
+def test_token_ids_are_hex_so_no_id_reads_as_a_command_line_option() -> None:
+    ids = {new_token_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(len(i) == 32 and i == i.lower() and int(i, 16) >= 0 for i in ids)
