@@ -101,11 +101,11 @@ class FaultProxy(LoopbackServer):
                     await dst.drain()
                     await asyncio.sleep(fault.delay)
             else:
-                dst.write(data)
+                # One write for the response and the injected bytes: written apart, the
+                # proxy's thread could be held between them long enough for the gate to
+                # reuse the connection first, and the test would measure the scheduler.
+                dst.write(data + fault.data if fault.mode == "inject" else data)
                 await dst.drain()
             sent += len(data)
-            if fault.mode == "inject":
-                dst.write(fault.data)
-                await dst.drain()
         with contextlib.suppress(OSError):
             dst.write_eof()
