@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from multidict import CIMultiDict
 
@@ -22,8 +23,32 @@ from gatekeeper.errors import GatekeeperError, PolicyError
 from gatekeeper.settings import resolve
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a hint for the one usage error it cannot explain itself.
+
+    Key ids are base64url thumbprints and may begin with `-`; argparse then takes the
+    id for an unknown option and reports the id as missing.
+    """
+
+    _dashed = False
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None,
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        given = sys.argv[1:] if args is None else list(args)
+        self._dashed = any(a.startswith("-") and a.lstrip("-") and not a.startswith("--")
+                           and a != "-h" for a in given)
+        return super().parse_known_args(given, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        if self._dashed and ("required" in message or "unrecognized" in message):
+            message += ("\n(a value that begins with '-', such as a key or token id, goes "
+                        f"after `--`: {self.prog} -- -XyZ...)")
+        super().error(message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="gatekeeper",
         description="Opt-out and licensing gate for AI crawlers.",
     )

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gatekeeper.licensing.keys import Keyring
+
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = """
 version: 1
@@ -84,3 +86,21 @@ def test_revoking_a_whole_token_instead_of_its_id_says_how_to_find_the_id(
     refused = gk(tmp_path / "state", "token", "revoke", "eyJhbGciOi.eyJzdWIi.c2ln")
     assert refused.returncode == 2
     assert "gatekeeper token inspect" in refused.stderr
+
+
+def test_an_id_beginning_with_a_dash_without_a_double_dash_gets_a_hint(tmp_path: Path) -> None:
+    out = gk(tmp_path / "state", "token", "revoke", "-M7Ss5mESjuNwr2XFLHOHA")
+    assert out.returncode == 2
+    assert "goes after `--`: gatekeeper token revoke -- -XyZ" in out.stderr
+
+
+def test_a_key_whose_id_begins_with_a_dash_is_retired_after_a_double_dash(
+        tmp_path: Path) -> None:
+    # One thumbprint in 64 begins with '-': make keys until one does.
+    keys = tmp_path / "state" / "keys"
+    while not (kid := Keyring.generate(keys)).startswith("-"):
+        for stale in keys.glob(f"{kid}.*"):
+            stale.unlink()
+    retired = gk(tmp_path / "state", "keys", "retire", "--", kid)
+    assert retired.returncode == 0, retired.stderr
+    assert "retired" in gk(tmp_path / "state", "keys", "list").stdout
