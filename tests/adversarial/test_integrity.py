@@ -197,7 +197,7 @@ async def test_chunked_upload_arrives_reframed_once_without_extensions_or_traile
     else:
         assert received.all("Content-Length") == [str(len(payload))]
     # The client's TE and Trailer are hop-by-hop; its trailer fields and chunk
-    # extensions are dropped (README, "On the wire").
+    # extensions are dropped (docs/proxy.md).
     assert received.header("TE") is None
     assert received.header("Trailer") is None
     raw = origin.upstream.client_bytes().lower()
@@ -457,7 +457,7 @@ async def test_response_headers_reach_the_client_as_the_same_multiset(
     sent[("content-length", str(len(body)))] += 1
     got = Counter((k.lower(), v) for k, v in answer.headers)
     # The gate adds only the policy's declarations for the path: no Via, no
-    # Server, no Date of its own when the upstream sent one (README, "On the wire").
+    # Server, no Date of its own when the upstream sent one (docs/proxy.md).
     added = got - sent
     assert sent - got == Counter(), f"lost or altered: {sent - got}"
     assert {name for name, _ in added} <= {"content-usage", "tdm-reservation", "tdm-policy",

@@ -51,3 +51,15 @@ def test_path_case_is_sensitive_unless_set() -> None:
     assert Settings().path_case == "sensitive"
     env = {"GATEKEEPER_PATH_CASE": "insensitive"}
     assert resolve(None, {}, env).path_case == "insensitive"
+
+
+def test_every_setting_is_in_the_settings_reference_and_the_reference_names_no_other() -> None:
+    import dataclasses
+    import re
+
+    table = (Path(__file__).resolve().parents[2] / "docs" / "settings.md").read_text()
+    rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    documented = {name for cell in rows for name in re.findall(r"`([a-z_]+)`", cell)}
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    assert fields - documented == set(), "settings missing from docs/settings.md"
+    assert documented - fields == set(), "docs/settings.md names settings that do not exist"
