@@ -8,8 +8,21 @@ states, robots.txt violations, the paths AI crawlers take, and the licences in u
 One bucket per minute in a ring of `minutes`; a bucket is reset when its minute comes
 round again. Browsers (clients that claim no crawler) are one counter: the page is
 about crawlers, and a browser request costs one increment here. Every key is bounded:
-crawler names come from the catalog (anything else is its kind), paths are kept per
-bucket up to `max_paths` (later new paths are not counted), licences are the policy's.
+crawler names come from the catalog (anything else is its kind), licences are the
+policy's, and paths are bounded in number and in length:
+
+- a bucket keeps at most `max_paths` distinct paths (later new ones are not counted);
+- a path is kept as at most `MAX_PATH_CHARS` characters: a longer one is cut and ends
+  in "…" (a request path may be 8 KB, and the hour would otherwise hold 60 x 2,000 of
+  them, about 1 GB);
+- a path lists at most `MAX_PATH_CRAWLERS` crawlers per bucket (the catalog names
+  over a hundred AI crawlers: all of them on every path would again be about 1 GB).
+
+So the paths of the hour are at most `minutes x max_paths` entries, each a string of
+at most `MAX_PATH_CHARS` characters (canonical paths are ASCII: a byte a character)
+and a tuple of at most `MAX_PATH_CRAWLERS` shared names: `path_bytes_bound`, with
+the defaults 60 x 2,000 x `PATH_ENTRY_BYTES` (640) bytes, about 73 MiB, Python's
+bookkeeping included (tests/unit/observe/test_activity.py measures it).
 """
 
 from __future__ import annotations
@@ -23,6 +36,16 @@ from typing import Any, Final
 from gatekeeper.core.owners import AI_PURPOSES
 
 BROWSERS: Final = "unknown"
+MAX_PATH_CHARS: Final = 256
+MAX_PATH_CRAWLERS: Final = 8
+# The most one kept path costs: its characters and Python's bookkeeping (the string's
+# header, its entries in two dicts, its tuple of names) come to 400 to 510 bytes.
+PATH_ENTRY_BYTES: Final = 640
+TRUNCATED: Final = "…"  # ends a path that was cut, in the snapshot
+# What a cut path ends in while kept: ASCII, because one "…" would make Python store
+# the whole string at two bytes a character, and never in a request path, where it
+# would start the fragment (the edge refuses it).
+_CUT: Final = "#"
 
 
 @dataclass(slots=True)
@@ -43,7 +66,8 @@ class _Minute:
     crawlers: dict[str, _CrawlerMinute] = field(default_factory=dict)
     purposes: dict[str, str] = field(default_factory=dict)
     paths: Counter[str] = field(default_factory=Counter)
-    path_crawlers: dict[str, set[str]] = field(default_factory=dict)
+    # Tuples, not sets: most paths have one crawler, and a set costs four times more.
+    path_crawlers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     licences: Counter[str] = field(default_factory=Counter)
     licensees: dict[str, set[str]] = field(default_factory=dict)
 
@@ -82,9 +106,21 @@ class Activity:
             entry.licensed += 1
             bucket.licences[licence] += 1
             bucket.licensees.setdefault(licence, set()).add(licensee)
-        if purpose in _AI and (path in bucket.paths or len(bucket.paths) < self._max_paths):
-            bucket.paths[path] += 1
-            bucket.path_crawlers.setdefault(path, set()).add(crawler)
+        if purpose in _AI:
+            self._path(bucket, bounded_path(path), crawler)
+
+    @property
+    def path_bytes_bound(self) -> int:
+        """The most the hour's paths may take in memory (see the module docstring)."""
+        return self._minutes * self._max_paths * PATH_ENTRY_BYTES
+
+    def _path(self, bucket: _Minute, path: str, crawler: str) -> None:
+        if path not in bucket.paths and len(bucket.paths) >= self._max_paths:
+            return
+        bucket.paths[path] += 1
+        names = bucket.path_crawlers.get(path, ())
+        if crawler not in names and len(names) < MAX_PATH_CRAWLERS:
+            bucket.path_crawlers[path] = (*names, crawler)
 
     def snapshot(self, operators: Callable[[str], str] | None = None,
                  top_paths: int = 20) -> dict[str, Any]:
@@ -94,7 +130,6 @@ class Activity:
         crawlers: dict[str, _CrawlerMinute] = {}
         purposes: dict[str, str] = {}
         paths: Counter[str] = Counter()
-        path_crawlers: dict[str, set[str]] = {}
         licences: Counter[str] = Counter()
         licensees: dict[str, set[str]] = {}
         browsers = refused = 0
@@ -121,8 +156,6 @@ class Activity:
                 crawled += entry.requests
                 refused_crawlers += entry.refused
             paths.update(bucket.paths)
-            for path, names in bucket.path_crawlers.items():
-                path_crawlers.setdefault(path, set()).update(names)
             licences.update(bucket.licences)
             for name, holders in bucket.licensees.items():
                 licensees.setdefault(name, set()).update(holders)
@@ -146,8 +179,8 @@ class Activity:
             "window_minutes": self._minutes,
             "browsers": {"requests": browsers, "refused": refused},
             "crawlers": rows,
-            "top_paths": [{"path": path, "requests": count,
-                           "crawlers": sorted(path_crawlers.get(path, ()))}
+            "top_paths": [{"path": shown_path(path), "requests": count,
+                           "crawlers": self._path_crawlers(path, current)}
                           for path, count in paths.most_common(top_paths)],
             "licences": [{"license": name, "requests": count,
                           "licensees": sorted(licensees.get(name, ()))}
@@ -155,12 +188,39 @@ class Activity:
             "per_minute": per_minute,
         }
 
+    def _path_crawlers(self, path: str, current: int) -> list[str]:
+        """Who took `path` in the window; asked for the top paths only, so a snapshot
+        never builds a set of names for every path of the hour."""
+        names: set[str] = set()
+        for bucket in self._ring:
+            if current - self._minutes < bucket.minute <= current:
+                names.update(bucket.path_crawlers.get(path, ()))
+        return sorted(names)
+
     def _bucket(self, now: float) -> _Minute:
         minute = int(now // 60)
         bucket = self._ring[minute % self._minutes]
         if bucket.minute != minute:
             bucket = self._ring[minute % self._minutes] = _Minute(minute)
         return bucket
+
+
+def bounded_path(path: str) -> str:
+    """`path` as the status page keeps it: at most MAX_PATH_CHARS characters, a longer
+    one cut and marked (`_CUT`, shown as TRUNCATED). The cut never leaves half a
+    "%XX" escape."""
+    if len(path) <= MAX_PATH_CHARS:
+        return path
+    head = path[:MAX_PATH_CHARS - 1]
+    partial = head.rfind("%", len(head) - 2)
+    if partial != -1:
+        head = head[:partial]
+    return head + _CUT
+
+
+def shown_path(kept: str) -> str:
+    """A kept path as the snapshot shows it: a cut one ends in TRUNCATED."""
+    return kept[:-1] + TRUNCATED if kept.endswith(_CUT) else kept
 
 
 _AI: Final = frozenset(p.value for p in AI_PURPOSES)

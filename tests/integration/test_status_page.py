@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 import yaml
-from playwright.async_api import async_playwright
+from playwright.async_api import Page, async_playwright
 
 from gatekeeper import wiring
 from gatekeeper.edge.server import Listeners
@@ -217,6 +217,36 @@ async def test_status_json_reports_licences_robots_violations_and_a_failed_reloa
                for problem in last["problems"]), last["problems"]
 
 
+async def _gptbot_row_cards_and_paths_are_rendered(page: Page) -> None:
+    """What _licensed_site's two GPTBot requests (one licensed, one blocked for the
+    robots.txt violation, both from OpenAI's published ranges) put on the page."""
+    gptbot = page.locator('tr[data-crawler="GPTBot"]')
+    cells = gptbot.locator("td")
+    assert await cells.count() == 7
+    assert await cells.nth(3).inner_text() == "2"
+    # Identity: one tag per state, coloured by it.
+    tags = cells.nth(5).locator("span.tag")
+    assert await tags.all_inner_texts() == ["verified 2"]
+    assert await tags.first.get_attribute("class") == "tag verified"
+    # What happened: the bar's title carries the breakdown, one segment per reason.
+    bar = cells.nth(4).locator(".bar")
+    assert await bar.count() == 1
+    title = await bar.get_attribute("title") or ""
+    assert sorted(title.split(", ")) == ["blocked: 1", "licensed: 1"], title
+    styles = sorted(await bar.locator("span").evaluate_all(
+        "spans => spans.map(s => s.getAttribute('style'))"))
+    assert styles == ["width:50%;background:var(--blocked)",
+                      "width:50%;background:var(--licensed)"], styles
+    # robots.txt violations: the row's cell and the card.
+    assert await cells.nth(6).inner_text() == "1"
+    assert await page.locator("#c-violations").inner_text() == "1"
+    assert await page.locator("#c-licensed").inner_text() == "1"
+    assert await page.locator("#c-crawler-requests").inner_text() == "2"
+    # The paths GPTBot took, each once.
+    paths = await page.locator("#paths tbody tr").all_inner_texts()
+    assert sorted(paths) == ["/articles/1\t1\tGPTBot", "/private/report\t1\tGPTBot"], paths
+
+
 def _chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     assert found, ("Debian's chromium is not installed: the test command (scripts/test.sh) "
@@ -247,6 +277,7 @@ async def test_the_page_in_headless_chromium_updates_live_and_is_screenshotted(
             assert await page.locator("#digest").inner_text() == site.digest
             assert await page.locator("#poll").inner_text() == "0.2"
             assert await page.locator('tr[data-crawler="Claude-Web"]').count() == 0
+            await _gptbot_row_cards_and_paths_are_rendered(page)
 
             # A crawler not seen yet: its row appears while the page stays loaded.
             await page.evaluate("window.loadedOnce = true")

@@ -534,6 +534,54 @@ def test_k8s_servicemonitor_scrapes_the_admin_port_as_job_gatekeeper(
     assert job in {j["job_name"] for j in config["scrape_configs"]}
 
 
+def _policy_ports(rule: dict[str, Any], container_ports: dict[str, int]) -> set[int]:
+    """The container ports an ingress rule opens, named ports resolved; a rule without
+    `ports` opens every port."""
+    assert rule.get("ports"), f"an ingress rule without ports opens every port: {rule}"
+    return {container_ports.get(p["port"], p["port"]) for p in rule["ports"]}
+
+
+def test_k8s_networkpolicy_keeps_the_admin_port_for_prometheus(
+        manifests: list[dict[str, Any]], k8s_settings: Settings) -> None:
+    (kustomization,) = _docs(K8S / "kustomization.yaml")
+    assert "networkpolicy.yaml" in kustomization["resources"]
+    (policy,) = [m for m in _kind(manifests, "NetworkPolicy")
+                 if m["metadata"]["name"] == "gatekeeper"]
+    assert policy["apiVersion"] == "networking.k8s.io/v1"
+    spec = policy["spec"]
+    assert "Ingress" in spec["policyTypes"]
+    # It isolates the Gatekeeper pods, and no others.
+    selected = [d["metadata"]["name"] for d in _kind(manifests, "Deployment")
+                if _matches(spec["podSelector"]["matchLabels"],
+                            d["spec"]["template"]["metadata"]["labels"])]
+    assert selected == ["gatekeeper"]
+    _, container = _gatekeeper_pod(manifests)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["admin"] == split_hostport(k8s_settings.admin_listen, "admin_listen")[1]
+    assert ports["http"] == split_hostport(k8s_settings.listen)[1]
+    # The proxy port is open to every source; the admin port is not.
+    open_to_all = set().union(*(_policy_ports(rule, ports) for rule in spec["ingress"]
+                                if not rule.get("from")))
+    assert open_to_all == {ports["http"]}
+    admin_rules = [rule for rule in spec["ingress"]
+                   if ports["admin"] in _policy_ports(rule, ports)]
+    assert admin_rules, "no rule lets Prometheus scrape the admin port"
+    readme = (K8S / "README.md").read_text(encoding="utf-8")
+    for rule in admin_rules:
+        assert _policy_ports(rule, ports) == {ports["admin"]}
+        for peer in rule["from"]:
+            # Both selectors in one peer: Prometheus's pods in the monitoring namespace.
+            # Either alone, or an empty one, lets far more of the cluster in.
+            assert set(peer) == {"namespaceSelector", "podSelector"}, peer
+            for selector in peer.values():
+                labels = selector["matchLabels"]
+                assert labels, f"an empty selector matches everything: {peer}"
+                for key, value in labels.items():
+                    # The operator adapts these: the README names them.
+                    assert f"{key}={value}" in readme or f"{key}: {value}" in readme, \
+                        (key, value)
+
+
 def test_k8s_hpa_scales_the_gatekeeper_deployment_on_cpu(
         manifests: list[dict[str, Any]]) -> None:
     (hpa,) = _kind(manifests, "HorizontalPodAutoscaler")

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from gatekeeper.observe.activity import Activity
+import tracemalloc
+
+import pytest
+
+from gatekeeper.observe.activity import (
+    MAX_PATH_CHARS,
+    MAX_PATH_CRAWLERS,
+    PATH_ENTRY_BYTES,
+    Activity,
+    bounded_path,
+    shown_path,
+)
 
 
 class Clock:
@@ -63,3 +74,85 @@ def test_paths_kept_per_minute_are_bounded() -> None:
     activity.record("GPTBot", "ai-training", "blocked", False, "verified", "/p0", False)
     paths = {p["path"]: p["requests"] for p in activity.snapshot()["top_paths"]}
     assert paths == {"/p0": 2, "/p1": 1, "/p2": 1}
+
+
+def _fill(activity: Activity, clock: Clock, minutes: int, paths: int,
+          crawlers: list[str]) -> None:
+    """Every minute of the window, `paths` distinct 8 KB paths, each requested by
+    every crawler in `crawlers` (spoofed, blocked: what an attacker can send)."""
+    for minute in range(minutes):
+        clock.now = minute * 60.0
+        for n in range(paths):
+            path = f"/{minute}-{n}/" + "a" * 8000
+            for crawler in crawlers:
+                activity.record(crawler, "ai-training", "blocked", False, "spoofed", path,
+                                False)
+
+
+def test_the_paths_of_the_hour_stay_within_their_byte_bound_however_long() -> None:
+    minutes, max_paths = 5, 1000
+    crawlers = [f"AIBot{n}" for n in range(2 * MAX_PATH_CRAWLERS)]
+    clock = Clock(0.0)
+    tracemalloc.start()
+    try:
+        activity = Activity(minutes=minutes, max_paths=max_paths, clock=clock)
+        _fill(activity, clock, minutes, max_paths, crawlers)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Every bucket is full: the bound is reached in count, so only size keeps it.
+    assert sum(p["requests"] for p in activity.snapshot(top_paths=10**6)["top_paths"]) \
+        == minutes * max_paths * len(crawlers)
+    assert activity.path_bytes_bound == minutes * max_paths * PATH_ENTRY_BYTES
+    assert held <= activity.path_bytes_bound, (held, activity.path_bytes_bound)
+    # The default hour's bound, the one docs/status-page.md states, is a small part of
+    # the 512 MiB the Kubernetes recipe gives a pod.
+    assert Activity().path_bytes_bound == 60 * 2000 * 640 < 80 * 2**20
+
+
+def test_a_long_path_is_kept_cut_and_marked() -> None:
+    activity = Activity(clock=Clock(0.0))
+    spoofed = "/" + "x" * 8001  # 8,002 characters, as a spoofed GPTBot sent it
+    activity.record("GPTBot", "ai-training", "blocked", False, "spoofed", spoofed, False)
+    # A different path with the same first 255 characters is counted with it.
+    activity.record("GPTBot", "ai-training", "blocked", False, "spoofed", spoofed + "y",
+                    False)
+    activity.record("GPTBot", "ai-training", "blocked", False, "spoofed", "/short", False)
+    (cut, short) = activity.snapshot()["top_paths"]
+    assert cut == {"path": spoofed[:MAX_PATH_CHARS - 1] + "…", "requests": 2,
+                   "crawlers": ["GPTBot"]}
+    assert len(cut["path"]) == MAX_PATH_CHARS
+    assert short == {"path": "/short", "requests": 1, "crawlers": ["GPTBot"]}
+
+
+def test_a_path_of_the_bound_exactly_is_kept_whole() -> None:
+    whole = "/" + "b" * (MAX_PATH_CHARS - 1)
+    assert bounded_path(whole) == whole
+    activity = Activity(clock=Clock(0.0))
+    activity.record("GPTBot", "ai-training", "blocked", False, "verified", whole, False)
+    assert activity.snapshot()["top_paths"][0]["path"] == whole
+
+
+@pytest.mark.parametrize(("letters", "shown_tail"), [
+    (MAX_PATH_CHARS - 3, "a…"),     # the cut falls after "%": dropped
+    (MAX_PATH_CHARS - 4, "a…"),     # after "%E": dropped
+    (MAX_PATH_CHARS - 5, "a%E2…"),  # after a whole escape: kept
+])
+def test_a_cut_never_leaves_half_an_escape(letters: int, shown_tail: str) -> None:
+    path = "/" + "a" * letters + "%E2%80%A6" * 10
+    activity = Activity(clock=Clock(0.0))
+    activity.record("GPTBot", "ai-training", "blocked", False, "verified", path, False)
+    shown = activity.snapshot()["top_paths"][0]["path"]
+    assert shown.endswith(shown_tail)
+    assert shown.removesuffix("…") == path[:len(shown) - 1]
+    assert shown == shown_path(bounded_path(path))
+
+
+def test_a_path_lists_a_bounded_number_of_crawlers() -> None:
+    activity = Activity(clock=Clock(0.0))
+    names = [f"AIBot{n:02}" for n in range(MAX_PATH_CRAWLERS + 4)]
+    for name in names:
+        activity.record(name, "ai-training", "blocked", False, "spoofed", "/a", False)
+    (row,) = activity.snapshot()["top_paths"]
+    assert row["requests"] == len(names)  # every request counted,
+    assert row["crawlers"] == names[:MAX_PATH_CRAWLERS]  # the first crawlers named
