@@ -326,7 +326,8 @@ async def _ledger_from_store(args: argparse.Namespace, settings: Settings) -> in
     if settings.store != "redis":
         raise GatekeeperError("--from-store needs store: redis (and redis_url)")
     store = RedisStore(settings.redis_url, prefix=settings.redis_prefix,
-                       timeout=max(settings.store_timeout, 5.0))
+                       timeout=max(settings.store_timeout, 5.0),
+                       max_connections=settings.redis_max_connections)
     try:
         if args.action == "verify":
             results = await verify_store(store.client, settings.redis_prefix)

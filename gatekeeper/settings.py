@@ -43,6 +43,12 @@ class Settings:
     # empty: the hostname. Keep it stable across restarts (docs/redis-store.md).
     replica_name: str = ""
     store_timeout: float = 0.25  # seconds a store call may take before its fallback
+    # Seconds after a store call found Redis down during which calls fall back at once
+    # instead of each waiting out store_timeout; 0: every call tries Redis.
+    store_retry_interval: float = 1.0
+    # Connections to Redis per process; a call finding them all busy waits for one
+    # (within store_timeout) rather than failing.
+    redis_max_connections: int = 50
     rate_limit_fallback: RateLimitFallback = "local"  # store down: per-process buckets, or open
     # Behaviour windows in the configured store ("shared"), or in each process
     # ("local": two fewer store round trips per request; each replica scores alone).
@@ -136,9 +142,12 @@ class Settings:
             raise SettingsError("workers: must be at least 1")
         if self.store_timeout <= 0:
             raise SettingsError("store_timeout: must be greater than 0")
+        if self.redis_max_connections < 1:
+            raise SettingsError("redis_max_connections: must be at least 1")
         for name in ("rdns_budget", "dns_timeout", "signature_max_skew", "signature_max_age",
                      "ranges_refresh_interval", "robots_ttl", "forward_auth_cache_ttl",
-                     "client_body_min_rate", "client_send_timeout", "max_in_flight_per_client"):
+                     "client_body_min_rate", "client_send_timeout", "max_in_flight_per_client",
+                     "store_retry_interval"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name}: must not be negative")
 

@@ -198,7 +198,9 @@ def build_store(settings: Settings) -> Store:
         from gatekeeper.store.redis import RedisStore
 
         return RedisStore(settings.redis_url, prefix=settings.redis_prefix,
-                          timeout=settings.store_timeout)
+                          timeout=settings.store_timeout,
+                          max_connections=settings.redis_max_connections,
+                          retry_interval=settings.store_retry_interval)
     return MemoryStore()
 
 

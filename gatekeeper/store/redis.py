@@ -31,13 +31,22 @@ garbage. Replicas sharing a store should therefore keep their clocks in step
 (NTP): a replica whose clock runs behind sees buckets refill later and replay
 entries last longer, one whose clock runs ahead the reverse.
 
-Failure: a refused connection, no answer within ``timeout`` seconds (connecting
-or reading: a frozen server still accepts connections, so the read timeout is
-what notices it) or any Redis error raises `StoreUnavailable`, chained to the
-cause. Nothing is retried: the gate applies its documented failure mode at once
-rather than stacking timeouts. A connection that failed is closed rather than
-reused, so once the server is back the next call connects afresh; scripts lost
-with a restarted server are loaded again on its NOSCRIPT reply.
+Failure: a refused connection, no answer within ``timeout`` seconds or any Redis
+error raises `StoreUnavailable`, chained to the cause. ``timeout`` bounds a whole
+call: waiting for a free pooled connection, connecting and every reply (a frozen
+server still accepts connections, so only the read timeout notices it). Nothing is
+retried. A call that gets no answer while no other call got one either finds the
+server down, and the store stops asking it for ``retry_interval`` seconds: calls fail
+at once, so the gate applies its documented failure mode at once rather than every
+store call of every request waiting out its own timeout against a frozen server. Then
+one call at a time tries the server again, and the first that gets an answer ends the
+pause. A connection that failed is closed rather than reused, so once the server is
+back the next call connects afresh; scripts lost with a restarted server are loaded
+again on its NOSCRIPT reply.
+
+Connections: one bounded pool per store (``max_connections``). A call finding every
+connection busy waits for one (within its ``timeout``) rather than failing: a burst
+of requests must not make a healthy server look down.
 """
 
 from __future__ import annotations
@@ -45,7 +54,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,7 +63,9 @@ from urllib.parse import urlsplit
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gatekeeper.core.behaviour import BehaviourConfig, Signals, Window, note_refusal, record
 from gatekeeper.core.ratelimit import LimitResult
@@ -62,8 +74,10 @@ from gatekeeper.errors import StoreUnavailable
 # Added to every Redis expiry: Redis's clock and the callers' clocks are never quite
 # in step, and a key must not vanish before its callers consider it expired.
 _MARGIN_MS = 1000
-# A bucket that never refills (rate 0) would otherwise be kept for ever.
-_MAX_BUCKET_TTL_MS = 86_400_000
+# A bucket that never refills (rate 0, which no policy gives) would need an infinite
+# expiry, which Redis cannot store: it, and any bucket slower to refill than a
+# century, is kept for a century. Real limits refill long before.
+_MAX_BUCKET_TTL_MS = 100 * 365 * 86_400_000
 # The shortest a behaviour window is kept after its last use, as in `WindowTable`:
 # the longest default memory a window needs is BehaviourConfig.robots_horizon.
 _IDLE_EXPIRY = 3600.0
@@ -177,14 +191,82 @@ def _expiry_ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000) + _MARGIN_MS)
 
 
+class _Pause:
+    """When the store stops asking a server that failed, and when it asks again.
+
+    Closed (the normal state): every call goes to the server. A call that fails while
+    no call got an answer since it started finds the server down, and opens the pause:
+    for `interval` seconds every call is refused at once. A call that fails while
+    others were answered meanwhile failed alone (a lost connection, an event loop too
+    busy to read the reply in time): the server is up, and nothing is paused. Once the
+    interval has passed, one call at a time is let through as a probe; an answer
+    closes the pause, a failure opens it for another interval.
+    """
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._since: float | None = None  # when the server was found down; None: closed
+        self._cause: BaseException | None = None
+        self._reason = ""
+        self._probing = False
+        self._answered_at = -math.inf  # when a call last got an answer
+
+    def now(self) -> float:
+        return self._clock()
+
+    def refusal(self) -> tuple[str, BaseException | None] | None:
+        """None when a call may go to the server; else why not, and the failure's cause."""
+        if self._since is None:
+            return None
+        now = self._clock()
+        left = self._since + self.interval - now
+        if left <= 0 and not self._probing:
+            return None
+        retry = f"in {left:.2f} s" if left > 0 else "now, by another call"
+        return (f"the server failed {now - self._since:.2f} s ago ({self._reason}); "
+                f"it is tried again {retry}"), self._cause
+
+    def start(self) -> bool:
+        """Note a call going to the server; True when it is the probe of an open pause."""
+        if self._since is None:
+            return False
+        self._probing = True
+        return True
+
+    def answered(self, probe: bool) -> None:
+        self._answered_at = self._clock()
+        if probe:
+            self._close()
+
+    def failed(self, cause: BaseException, reason: str, started: float, probe: bool) -> None:
+        if self._answered_at >= started:
+            # The server answered another call while this one waited: it is up.
+            if probe:
+                self._close()
+            return
+        if self.interval > 0 and (probe or self._since is None):
+            self._since, self._cause, self._reason = self._clock(), cause, reason
+            self._probing = False
+
+    def abandoned(self, probe: bool) -> None:
+        """The call was cancelled before an outcome: let the next call probe instead."""
+        if probe:
+            self._probing = False
+
+    def _close(self) -> None:
+        self._since, self._cause, self._probing = None, None, False
+
+
 class RedisStore:
     """The `Store` protocol over Redis, shared by every replica pointed at one server.
 
-    Construction does no I/O; the client connects on first use. `timeout` bounds
-    connecting and each reply; a whole call is also cut off after twice that
-    (a connect plus a reply), so a stalled server never holds a request longer.
-    A `client` passed in is used as it is (its timeouts and retries are the
-    caller's) and is not closed by `close`.
+    Construction does no I/O; the client connects on first use. `timeout` bounds a
+    whole call (waiting for one of the `max_connections` pooled connections,
+    connecting, every reply). After a call finds the server down, calls fail at once
+    for `retry_interval` seconds (0: never; every call tries the server). A `client`
+    passed in is used as it is (its pool, timeouts and retries are the caller's) and
+    is not closed by `close`.
 
     Behaviour windows are updated by read, modify, write in two round trips: two
     replicas updating one client's window at the same moment can lose one
@@ -192,19 +274,28 @@ class RedisStore:
     """
 
     def __init__(self, url: str, *, prefix: str = "gk:", timeout: float = 0.25,
+                 max_connections: int = 50, retry_interval: float = 1.0,
                  client: redis.asyncio.Redis | None = None) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
         self._prefix = prefix
-        self._deadline = 2 * timeout
+        self._timeout = timeout
+        self._pause = _Pause(retry_interval)
         self._owns_client = client is None
         if client is None:
+            # Blocking: the default pool raises at once when every connection is busy,
+            # which would make a healthy server under load look down; this one waits,
+            # at most `timeout`, which `_guard` bounds as a whole anyway.
             # redis-py retries 10 times with backoff by default; that would turn one
             # stalled server into seconds per request. One attempt, then the failure mode.
             # RESP2: under RESP3 redis-py listens for server maintenance notices and so
             # skips its check that a pooled connection is still open, and the first call
             # after a server restart would fail on the dead connection.
-            client = redis.asyncio.Redis.from_url(
-                url, socket_timeout=timeout, socket_connect_timeout=timeout,
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=timeout,
+                socket_timeout=timeout, socket_connect_timeout=timeout,
                 retry=Retry(NoBackoff(), 0), protocol=2)
+            client = redis.asyncio.Redis.from_pool(pool)
         self._client = client
         # Error messages name the server, never the URL: it may carry a password.
         parts = urlsplit(url)
@@ -224,19 +315,46 @@ class RedisStore:
 
     @asynccontextmanager
     async def _guard(self, what: str) -> AsyncIterator[None]:
+        refusal = self._pause.refusal()
+        if refusal is not None:
+            reason, cause = refusal
+            raise StoreUnavailable(
+                f"redis store at {self._where}: {what} not tried: {reason}") from cause
+        probe = self._pause.start()
+        started = self._pause.now()
+        settled = False
         try:
-            async with asyncio.timeout(self._deadline):
+            async with asyncio.timeout(self._timeout):
                 yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            # Down, or too slow to count as up: refused, connection lost, or no answer in
+            # time (OSError includes asyncio.timeout's TimeoutError).
+            settled = True
+            timed_out = isinstance(exc, TimeoutError | RedisTimeoutError)
+            reason = (f"no answer within {self._timeout:g} s" if timed_out
+                      else str(exc) or type(exc).__name__)
+            self._pause.failed(exc, reason, started, probe)
+            if timed_out:
+                raise StoreUnavailable(
+                    f"redis store at {self._where}: {what}: {reason}") from exc
+            raise StoreUnavailable(
+                f"redis store at {self._where}: {what} failed: {reason}") from exc
         except RedisError as exc:
+            # An error reply is an answer: the server is up, so nothing is paused. Any
+            # other error (one the client raised itself) says nothing about the server.
+            settled = True
+            if isinstance(exc, ResponseError):
+                self._pause.answered(probe)
+            else:
+                self._pause.abandoned(probe)
             raise StoreUnavailable(
                 f"redis store at {self._where}: {what} failed: {exc}") from exc
-        except TimeoutError as exc:
-            raise StoreUnavailable(
-                f"redis store at {self._where}: {what}: no answer within "
-                f"{self._deadline:g} s") from exc
-        except OSError as exc:
-            raise StoreUnavailable(
-                f"redis store at {self._where}: {what} failed: {exc}") from exc
+        else:
+            settled = True
+            self._pause.answered(probe)
+        finally:
+            if not settled:
+                self._pause.abandoned(probe)
 
     async def take(self, key: str, rate: float, burst: int, now: float) -> LimitResult:
         async with self._guard("take"):

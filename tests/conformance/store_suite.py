@@ -119,3 +119,16 @@ async def test_a_revocation_is_seen_until_it_lapses(store: Store) -> None:
     await store.revoke("conf|jti-1", until=6060.0, now=6055.0)
     assert await store.revoked("conf|jti-1", now=6099.0)
     assert not await store.revoked("conf|jti-1", now=6100.0)
+
+
+async def test_a_slow_bucket_refills_at_its_rate_however_long_it_waits(store: Store) -> None:
+    # rate 1/h, burst 48: two days to refill. After a day's idle it holds 24 tokens,
+    # not a fresh 48: a backend must not forget a bucket before it is full again.
+    rate, day = 1 / 3600, 86_400.0
+    for _ in range(48):
+        assert (await store.take("conf|slow", rate=rate, burst=48, now=10_000.0)).allowed
+    later = 10_000.0 + day + 2
+    allowed = 0
+    while (await store.take("conf|slow", rate=rate, burst=48, now=later)).allowed:
+        allowed += 1
+    assert allowed == 24

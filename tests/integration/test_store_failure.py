@@ -4,10 +4,13 @@ The documented failure modes (docs/scaling-out.md): rate limits fall back to thi
 process's counters (or let everything through with `rate_limit_fallback: open`),
 behaviour windows to this process's, licence checks that need the store fail
 closed with 503 and Retry-After; blocks and signature checks never depend on the
-store; each fallback is counted; the store recovers without a restart."""
+store; each fallback is counted; after a failure the store is not asked for
+`store_retry_interval` seconds, so later requests do not wait for it; the store
+recovers without a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -22,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from gatekeeper.licensing.keys import Keyring
 from gatekeeper.licensing.licensees import Licensees
 from gatekeeper.licensing.tokens import LicenseClaims, issue_token
+from gatekeeper.settings import Settings
 from tests.integration.conftest import GPTBOT, StartGate, Upstream
 from tests.integration.test_identity_proxy import AGENT_UA, sign
 from tests.integration.test_keydir import SIGNER
@@ -41,6 +45,9 @@ rules:
 ASSISTANT = {"User-Agent": "Mozilla/5.0 (compatible; ChatGPT-User/1.0)"}
 BROWSER = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0",
            "Accept": "text/html", "Accept-Language": "en"}
+TIMEOUT = Settings().store_timeout
+# After a failure the store asks Redis again only once this has passed.
+RETRY = Settings().store_retry_interval
 
 
 @pytest.fixture
@@ -79,6 +86,7 @@ async def test_a_stopped_store_falls_back_and_recovers_without_a_restart(
     assert await _statuses(gk.url + "/a", {"User-Agent": GPTBOT}, 1) == [403]
     assert _fallbacks(gk) >= 5
     redis_server.start()
+    await asyncio.sleep(RETRY)
     before = _fallbacks(gk)
     # The shared bucket again (the test server keeps nothing across a restart, so it
     # starts full), and no fallback counted.
@@ -95,7 +103,15 @@ async def test_rate_limits_can_fail_open(
     assert await _statuses(gk.url + "/a", ASSISTANT, 4) == [200] * 4
 
 
-async def test_a_paused_store_costs_a_request_its_timeout_not_a_hang(
+async def _timed_status(url: str, headers: dict[str, str]) -> tuple[int, float]:
+    async with aiohttp.ClientSession(skip_auto_headers=("User-Agent",)) as s:
+        started = time.monotonic()
+        async with s.get(url, headers=headers) as r:
+            await r.read()
+            return r.status, time.monotonic() - started
+
+
+async def test_after_a_paused_store_fails_once_requests_do_not_wait_for_it(
     upstream: Upstream, start_gatekeeper: StartGate, redis_server: RedisTestServer
 ) -> None:
     gk = await start_gatekeeper(upstream.url, POLICY, store="redis", redis_url=redis_server.url,
@@ -103,12 +119,34 @@ async def test_a_paused_store_costs_a_request_its_timeout_not_a_hang(
     assert await _statuses(gk.url + "/a", ASSISTANT, 1) == [200]
     redis_server.pause()
     try:
-        started = time.monotonic()
-        assert await _statuses(gk.url + "/a", ASSISTANT, 1) == [200]
-        # One store call for the bucket and one for the behaviour windows, each cut off.
-        assert time.monotonic() - started < 2.0
+        # The first request meets the frozen store: its first store call waits out the
+        # timeout, its second is not tried.
+        status, first = await _timed_status(gk.url + "/a", {"User-Agent": GPTBOT})
+        assert status == 403
+        assert TIMEOUT * 0.8 <= first < TIMEOUT + 0.15
+        before = _fallbacks(gk)
+        # Later requests, blocked or let through, do not wait for the store at all:
+        # each decided on its fallback. The assistant's bucket is this process's now.
+        later = [("/a", {"User-Agent": GPTBOT}, 403), ("/b", BROWSER, 200),
+                 ("/a", ASSISTANT, 200), ("/a", {"User-Agent": GPTBOT}, 403),
+                 ("/c", BROWSER, 200), ("/a", ASSISTANT, 200), ("/a", ASSISTANT, 429)]
+        for path, headers, expected in later:
+            status, seconds = await _timed_status(gk.url + path, headers)
+            assert status == expected, path
+            assert seconds < TIMEOUT / 3, (path, headers, seconds)
+        assert _fallbacks(gk) >= before + len(later)
     finally:
         redis_server.resume()
+    # Back in use within the retry interval (counted from the failure), no restart: a
+    # browser's request updates its behaviour windows in Redis with no fallback.
+    resumed = time.monotonic()
+    while True:
+        before = _fallbacks(gk)
+        assert await _statuses(gk.url + "/d", BROWSER, 1) == [200]
+        if _fallbacks(gk) == before:
+            break
+        assert time.monotonic() - resumed < RETRY + 0.5, "the store was not used again"
+        await asyncio.sleep(0.02)
 
 
 async def test_licence_checks_fail_closed_while_the_store_is_down(
@@ -135,6 +173,7 @@ async def test_licence_checks_fail_closed_while_the_store_is_down(
         assert r.status == 503
         assert r.headers["Retry-After"] == "5"
     redis_server.start()
+    await asyncio.sleep(RETRY)
     assert await _statuses(gk.url + "/a", licensed, 1) == [200]
 
 

@@ -6,6 +6,7 @@ import tests.conformance.store_suite as suite
 from gatekeeper.store.memory import MemoryStore
 from tests.conformance.store_suite import (  # noqa: F401  (run the shared table here)
     test_a_revocation_is_seen_until_it_lapses,
+    test_a_slow_bucket_refills_at_its_rate_however_long_it_waits,
     test_bucket_allows_burst_then_denies,
     test_bucket_refills_over_time,
     test_bucket_results_match_the_core_arithmetic,
