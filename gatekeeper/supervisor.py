@@ -19,7 +19,9 @@ State that must be shared across all workers needs a shared store. With the memo
 store each worker would count rate limits and licence quotas alone, and would keep
 its own Web Bot Auth replay cache, so a signature replayed to another worker would
 be taken as fresh: `workers > 1` with `store: memory` is refused when the policy has
-limits, or rules a signature changes the outcome of (`check_shared_limits`).
+limits, or rules a signature changes the outcome of (`check_shared_limits`). Behaviour
+windows kept per worker are only warned about: most policies have a rule on undeclared
+bots, and refusing them would leave the memory store no use for several workers.
 
 Whichever way the supervisor ends (a signal, a worker that cannot start, the admin
 port taken) it stops every worker it started and removes its scratch directory.
@@ -45,9 +47,9 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from gatekeeper.core.catalog import Catalog
+from gatekeeper.core.catalog import Catalog, Kind, Purpose
 from gatekeeper.core.facts import Identity
-from gatekeeper.core.model import Policy, RateLimit, RequireLicense, Rule
+from gatekeeper.core.model import Match, Policy, RateLimit, RequireLicense, Rule
 from gatekeeper.edge.admin import status_routes
 from gatekeeper.errors import SettingsError
 from gatekeeper.observe import logging as gk_logging
@@ -70,8 +72,9 @@ def check_shared_limits(settings: Settings, policy: Policy,
     """Refuse several workers keeping state each on their own that the policy needs
     shared: limits counted per worker, or a Web Bot Auth replay cache per worker when
     a signature decides something. Returns (and logs) the warnings for what is kept
-    per worker without changing a decision. `catalog` tells whether any crawler signs
-    its requests; None assumes one does, as in the packaged catalog."""
+    per worker and only weakens a decision: a replay cache no rule depends on, and
+    behaviour windows that rules on undeclared bots read. `catalog` tells whether any
+    crawler signs its requests; None assumes one does, as in the packaged catalog."""
     if settings.workers <= 1 or settings.store != "memory":
         return ()
     rules = [*policy.rules, *(r for s in policy.host_sections for r in s.rules)]
@@ -93,15 +96,46 @@ def check_shared_limits(settings: Settings, policy: Policy,
             f"workers: {settings.workers} workers with store: memory would each keep "
             f"{'; and '.join(problems)}; set store: redis (and redis_url) so they share "
             "one store, or run one worker")
-    if not signers:
-        return ()
-    warning = (f"workers: {settings.workers} workers with store: memory each keep their own "
-               "Web Bot Auth replay cache: a signed request replayed to another worker is "
-               "counted and logged as signed again. No rule of this policy depends on a "
-               "signature, so no decision changes; set store: redis to catch every replay")
+    warnings: list[tuple[str, str]] = []
+    if signers:
+        warnings.append(("replay_cache_per_worker", (
+            f"workers: {settings.workers} workers with store: memory each keep their own "
+            "Web Bot Auth replay cache: a signed request replayed to another worker is "
+            "counted and logged as signed again. No rule of this policy depends on a "
+            "signature, so no decision changes; set store: redis to catch every replay")))
+    scoring = _scoring_undeclared_bots(rules) if settings.behaviour else []
+    if scoring:
+        warnings.append(("behaviour_windows_per_worker", (
+            f"workers: {settings.workers} workers with store: memory each keep their own "
+            "behaviour windows, so each scores undeclared bots on the requests it alone "
+            f"sees: a client's rate is split over the {settings.workers} workers, and a "
+            "crawler refused by one worker that comes back to another as a browser is not "
+            f"recognised. That weakens {', '.join(scoring)}; set store: redis (with "
+            "behaviour_store: shared, the default) so the workers score clients together, "
+            "or run one worker")))
     if warn:
-        _log.warning("replay_cache_per_worker", detail=warning)
-    return (warning,)
+        for event, warning in warnings:
+            _log.warning(event, detail=warning)
+    return tuple(warning for _, warning in warnings)
+
+
+def _scoring_undeclared_bots(rules: list[Rule]) -> list[str]:
+    """The rules that treat an undeclared bot differently from a client claiming
+    nothing, so whose outcome the behaviour score changes: behaviour scoring turns an
+    `unknown` client (no crawler, no purpose) into an `undeclared-bot` one."""
+    return [r.name for r in rules
+            if _matches(r.match, Kind.UNDECLARED_BOT) != _matches(r.match, Kind.UNKNOWN)]
+
+
+def _matches(match: Match, kind: Kind) -> bool:
+    """Whether `match` can hold for a client of `kind` that names no crawler (the other
+    conditions aside: they read the request, which is the same either way)."""
+    if match.crawlers is not None or match.operators is not None:
+        return False
+    if match.kinds is not None and kind.value not in match.kinds:
+        return False
+    purpose = Purpose.UNDECLARED_BOT if kind is Kind.UNDECLARED_BOT else None
+    return match.purposes is None or (purpose is not None and purpose in match.purposes)
 
 
 def _trusting_signatures(settings: Settings, rules: list[Rule]) -> list[str]:

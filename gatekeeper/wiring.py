@@ -211,10 +211,11 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Comp
     # Read once: the holder keeps the files read, for the watcher and the digest.
     read = read_policy_file(settings.policy, catalog) if settings.policy else None
     policy = valid_policy(read) if read is not None else load_default_policy(catalog)
-    accept = _worker_check(settings, catalog)
+    accept = _policy_check(settings, catalog)
     if accept is not None and (refused := accept(policy)):
-        # A worker restarted after the policy file changed: the same check.
-        raise SettingsError(refused[0].message)
+        # The check every reload is held to (and a worker restarted after the policy
+        # file changed meets it here).
+        raise SettingsError(_refusal(refused))
     holder = PolicyHolder(policy, settings.policy or None, catalog, accept,
                           files=read.files if read is not None else None)
     store = build_store(settings)
@@ -307,6 +308,52 @@ def licence_endpoints(c: Components) -> Endpoints | None:
                           on_issued=lambda claims: _issued(c, claims))
     paths = frozenset({LICENCE_SERVER_PREFIX + "/token", LICENCE_SERVER_PREFIX + "/introspect"})
     return Endpoints(router, paths)
+
+
+def _policy_check(settings: Settings, catalog: Catalog,
+                  ) -> Callable[[Policy], list[Problem]] | None:
+    """What a valid policy must also satisfy to be served by this process, at start
+    and at every reload (`PolicyHolder`'s `accept`): what the mode can enforce, and
+    what several workers can share. None when nothing is to check."""
+    checks: list[Callable[[Policy], list[Problem]]] = []
+    if settings.mode == "forward-auth":
+        checks.append(forward_auth_problems)
+    workers = _worker_check(settings, catalog)
+    if workers is not None:
+        checks.append(workers)
+    if not checks:
+        return None
+
+    def check(policy: Policy) -> list[Problem]:
+        return [problem for one in checks for problem in one(policy)]
+
+    return check
+
+
+def _refusal(problems: list[Problem]) -> str:
+    # The workers' check points at no field of the file: its message stands alone.
+    return "\n".join(str(p) if p.field else p.message for p in problems)
+
+
+def forward_auth_problems(policy: Policy) -> list[Problem]:
+    """What forward-auth cannot enforce: a licence's byte limit. The front proxy asks
+    before the origin answers, so the size of the response is never seen here and no
+    byte would ever be counted against the limit."""
+    problems = []
+    for index, lic in enumerate(policy.licenses):
+        if lic.limits is None or lic.limits.bytes is None:
+            continue
+        where = lic.source
+        problems.append(Problem(
+            where.file if where is not None else policy.source,
+            where.line if where is not None else 0,
+            f"licenses[{index}].limits.bytes",
+            f"licence {lic.name!r} limits the bytes a licensee may take, which forward-auth "
+            "cannot count: the front proxy asks Gatekeeper before the origin answers, so "
+            "the size of a response is never seen. Remove bytes from its limits (a "
+            "requests limit is counted), or serve this site through Gatekeeper's reverse "
+            "proxy (--mode proxy) or the mitmproxy front end, which count response bytes"))
+    return problems
 
 
 def _worker_check(settings: Settings, catalog: Catalog,

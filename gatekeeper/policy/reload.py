@@ -48,8 +48,9 @@ class PolicyHolder:
         self.current = policy
         self.path = path
         self._catalog = catalog
-        # What a valid policy must also satisfy to replace the current one here (the
-        # workers' shared-state check); its problems fail the reload.
+        # What a valid policy must also satisfy to replace the current one here (what
+        # the run mode can enforce, what several workers can share); its problems fail
+        # the reload like a policy error, and the current policy keeps serving.
         self._accept = accept
         # SIGHUP (event loop) and the watcher (worker thread) may reload at once;
         # without the lock the older read could be assigned last.

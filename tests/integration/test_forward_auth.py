@@ -4,9 +4,15 @@ ask: what it answers, what it hints a cache may keep, and that a denial is never
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +43,8 @@ from tests.integration.conftest import (
     StartGate,
     Upstream,
 )
+from tests.integration.test_process import free_port
+from tests.support.gate_process import GateProcess
 from tests.support.redis_server import RedisTestServer
 
 POLICY = """
@@ -281,7 +289,12 @@ async def test_nothing_decided_while_the_store_fails_is_cacheable(
     assert blocked.cache_hint() == NOT_CACHED
     assert [o.store_fallback for o in auth.outcomes] == [False, False, True, True]
     redis_server.start()
-    assert (await auth.ask("/page", AHREFS)).cache_hint() == CACHED
+    # Back on its own: the store may hold off the server for a moment after a failure
+    # (`store_retry_interval`), and answers fixed decisions from the store again then.
+    deadline = time.monotonic() + 10
+    while (await auth.ask("/page", AHREFS)).cache_hint() != CACHED:
+        assert time.monotonic() < deadline, "still not cacheable after the store came back"
+        await asyncio.sleep(0.1)
 
 
 async def test_untrusted_peer_is_refused(start_auth: StartAuth) -> None:
@@ -500,3 +513,106 @@ def test_header_value_and_body_are_one_header_line() -> None:
     assert header_body(b'{"a":1}\n') == '{"a":1}'
     assert header_body(b"two\nlines\r\n\n") == "two lines  "
     assert header_body("été".encode()) == "été"
+
+
+# -- licence byte limits: refused, since a check never sees the response -------------------
+
+# GPTBot is refused; served as the proxy, this would also be a good policy.
+REFUSING_GPTBOT = """
+version: 1
+licenses:
+  - name: ai-train-metered
+    usages: [ai-train]
+    limits: {requests: 1000, per: day}
+rules:
+  - name: block-gptbot
+    match: {crawlers: [GPTBot]}
+    action: block
+"""
+# The same licence with a byte limit, and GPTBot let through.
+BYTE_LIMITED = """
+version: 1
+licenses:
+  - name: ai-train-metered
+    usages: [ai-train]
+    limits: {requests: 1000, per: day}
+  - name: ai-train-by-volume
+    usages: [ai-train]
+    limits: {bytes: 10GiB, per: month}
+rules:
+  - name: premium-needs-a-licence
+    match: {paths: ["/premium/**"]}
+    action: {require_license: {any_of: [ai-train-by-volume]}}
+"""
+# What the refusal says, with the licence's file and line (line 7: BYTE_LIMITED starts
+# with a blank line).
+BYTE_LIMIT_REFUSED = ("{policy}:7: licenses[1].limits.bytes: licence 'ai-train-by-volume' "
+                      "limits the bytes a licensee may take, which forward-auth cannot count")
+
+
+def test_forward_auth_refuses_to_start_with_a_licence_byte_limit(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(BYTE_LIMITED)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gatekeeper", "run", "--mode", "forward-auth",
+         "--upstream", upstream.url, "--policy", str(policy),
+         "--trusted-proxy", "127.0.0.1/32", "--listen", f"127.0.0.1:{free_port()}",
+         "--admin-listen", f"127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=30,
+        env={**os.environ, "GATEKEEPER_STATE_DIR": str(tmp_path / "state")})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert BYTE_LIMIT_REFUSED.format(policy=policy) in proc.stderr
+    assert ("reverse proxy (--mode proxy) or the mitmproxy front end, which count response "
+            "bytes") in proc.stderr
+
+
+def test_only_forward_auth_refuses_a_licence_byte_limit(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(BYTE_LIMITED)
+    settings = dataclasses.replace(Settings(), upstream=upstream.url, policy=str(policy),
+                                   state_dir=str(tmp_path / "state"))
+    # The proxy counts response bytes: the same policy is served.
+    wiring.build(settings, CollectorRegistry())
+    with pytest.raises(SettingsError) as refused:
+        wiring.build(dataclasses.replace(settings, mode="forward-auth"), CollectorRegistry())
+    assert str(refused.value).startswith(BYTE_LIMIT_REFUSED.format(policy=policy))
+
+
+@pytest.mark.parametrize("trigger", ["sighup", "file-watch"])
+async def test_a_reload_to_a_licence_byte_limit_keeps_the_last_good_policy(
+    upstream: Upstream, tmp_path: Path, trigger: str
+) -> None:
+    gate = GateProcess(tmp_path / "gk", upstream.url, REFUSING_GPTBOT, env={
+        "GATEKEEPER_TRUSTED_PROXIES": "127.0.0.1/32",
+        "GATEKEEPER_POLICY_WATCH_INTERVAL": "0" if trigger == "sighup" else "0.2"},
+        args=("--mode", "forward-auth"))
+    gate.start()
+    check = {"User-Agent": GPTBOT, "X-Original-URI": "/premium/a",
+             "X-Forwarded-Host": "www.example.com"}
+    try:
+        assert await _check_status(gate.url, check) == 403
+        gate.policy_file.write_text(BYTE_LIMITED)
+        if trigger == "sighup":
+            assert gate.proc is not None
+            gate.proc.send_signal(signal.SIGHUP)
+        [failed] = await gate.wait_for(lambda found: len(found) >= 1,
+                                       "policy_reload_failed", timeout=10)
+        # Still the policy it had: GPTBot refused, not asked for a licence.
+        assert await _check_status(gate.url, check) == 403
+        assert failed["kept"] == "last good policy"
+        [problem] = failed["problems"]
+        assert problem.startswith(BYTE_LIMIT_REFUSED.format(policy=gate.policy_file))
+        assert len(gate.events("policy_reloaded")) == 1  # the load at start only
+    finally:
+        assert gate.stop() == 0, gate.log_file.read_text()[-3000:]
+
+
+async def _check_status(url: str, headers: dict[str, str]) -> int:
+    async with aiohttp.ClientSession(skip_auto_headers=("User-Agent",)) as s, s.get(
+            url + "/auth", headers=headers) as r:
+        await r.read()
+        return r.status

@@ -400,3 +400,27 @@ async def test_a_reload_that_would_multiply_limits_is_refused_and_the_old_policy
                for e in failed for p in e["problems"]), failed
     assert doc["policy"]["last_reload"]["ok"] is False
     assert doc["policy"]["rules"] == 1
+
+
+async def test_workers_scoring_undeclared_bots_alone_start_with_a_warning(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(UNSHARED_POLICY + """
+  - name: block-undeclared-bots
+    match: {purposes: [undeclared-bot]}
+    action: block
+""")
+    proc, port, _, log = await _running(upstream.url, tmp_path, "workers=2",
+                                        f"policy={policy}", "ranges_refresh_interval=0")
+    try:
+        # It started: the warning refuses nothing.
+        assert await _get(f"http://127.0.0.1:{port}/", BROWSER_HEADERS) == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
+    [warning] = [e for e in _events(log) if e.get("event") == "behaviour_windows_per_worker"]
+    assert warning["level"] == "warning"
+    assert "each keep their own behaviour windows" in warning["detail"]
+    assert "block-undeclared-bots" in warning["detail"]
+    assert "set store: redis (with behaviour_store: shared, the default)" in warning["detail"]

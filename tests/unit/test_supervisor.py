@@ -106,4 +106,59 @@ def test_without_a_signing_crawler_in_the_catalog_there_is_nothing_to_replay() -
                                catalog) == ()
 
 
+
+BLOCK_UNDECLARED = """
+version: 1
+rules:
+  - name: block-undeclared-bots
+    match: {purposes: [undeclared-bot]}
+    action: block
+"""
+# Served only to clients that claim nothing and are not scored as bots: the score
+# decides too, by taking a client out of `unknown`.
+SERVE_ONLY_UNKNOWN = """
+version: 1
+default: block
+rules:
+  - name: serve-people
+    match: {kinds: [unknown]}
+    action: allow
+"""
+# Both kinds alike: the score changes nothing here.
+EVERY_UNDECLARED_CLIENT = """
+version: 1
+rules:
+  - name: private-for-everyone-unnamed
+    match: {kinds: [unknown, undeclared-bot], paths: ["/private/**"]}
+    action: block
+"""
+
+
+@pytest.mark.parametrize(("policy", "rule"), [(BLOCK_UNDECLARED, "block-undeclared-bots"),
+                                              (SERVE_ONLY_UNKNOWN, "serve-people")])
+def test_rules_on_undeclared_bots_start_with_a_warning_that_each_worker_scores_alone(
+    policy: str, rule: str
+) -> None:
+    catalog = load_catalog()
+    settings = dataclasses.replace(Settings(), workers=2)
+    loaded = load_policy_text(policy, "p.yaml", catalog)
+    replay, behaviour = check_shared_limits(settings, loaded, catalog)
+    assert "replay cache" in replay
+    assert behaviour.startswith("workers: 2 workers with store: memory each keep their own "
+                                "behaviour windows")
+    assert "a crawler refused by one worker that comes back to another as a browser" in behaviour
+    assert f"That weakens {rule};" in behaviour
+    assert "set store: redis (with behaviour_store: shared, the default)" in behaviour
+    # Nothing to warn about: one worker, a shared store, or no scoring at all.
+    assert check_shared_limits(dataclasses.replace(settings, workers=1), loaded, catalog) == ()
+    assert check_shared_limits(dataclasses.replace(settings, store="redis"), loaded,
+                               catalog) == ()
+    assert check_shared_limits(dataclasses.replace(settings, behaviour=False), loaded,
+                               catalog) == (replay,)
+    # Nor when the rules treat undeclared bots as any client that names no crawler.
+    for text in (EVERY_UNDECLARED_CLIENT, PATHS_ONLY):
+        assert check_shared_limits(settings, load_policy_text(text, "p.yaml", catalog),
+                                   catalog) == (replay,)
+
+
 # -- /status.json ------------------------------------------------------------------------
