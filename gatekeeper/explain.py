@@ -9,9 +9,11 @@ recent requests, and explain sees one: it scores the request as if it were the
 client's first, which shows what this request alone contributes.
 
 A request for a public document (robots.txt, tdmrep.json, the RSL document, the
-terms, the token keys) is answered as the main listener answers it: by
-Gatekeeper, never gated, with rule `declarations`; the same
-`gatekeeper.core.declarations.public_document` decides which paths those are.
+terms, the token keys) is answered as the main listener answers it: never gated,
+with rule `declarations`; by Gatekeeper, or forwarded to the origin where
+Gatekeeper writes no such document (`declarations.robots_txt: off`, `tdmrep:
+false`). The same `gatekeeper.core.declarations.public_document` and
+`from_origin` decide which paths those are.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gatekeeper.core.behaviour import BehaviourConfig, describe
 from gatekeeper.core.catalog import Catalog, Crawler
-from gatekeeper.core.declarations import public_document
+from gatekeeper.core.declarations import from_origin, public_document
 from gatekeeper.core.facts import RequestFacts
 from gatekeeper.core.model import Policy, RateLimit, RobotsMode
 from gatekeeper.core.robots import RobotsRules
@@ -92,6 +94,8 @@ async def explain(
     document = public_document(policy, method, facts.path)
     if document == "jwks.json" and not keys:
         document = None
+    # Not written by Gatekeeper: the origin's, forwarded as it is, still never gated.
+    answered = document is not None and not from_origin(policy, document)
     try:
         outcome = await (gate.read_declaration(facts) if document else gate.decide(facts))
     finally:
@@ -135,13 +139,13 @@ async def explain(
         }
     report["declarations"] = _declarations(policy, catalog, host, facts.path, facts.query,
                                            crawler, robots_txt, keys, robots is not None)
-    if document:
+    if answered:
         report["declarations"]["headers"] = []  # only forwarded responses carry them
     report["decision"] = {
-        # A public document is answered by Gatekeeper itself, never forwarded.
-        "forward": decision.forward and document is None,
+        # A public document Gatekeeper writes is answered by it, never forwarded.
+        "forward": decision.forward and not answered,
         "reason": decision.reason.value,
-        "status": 200 if document else decision.status or None,
+        "status": 200 if answered else decision.status or None,
         "would_status": decision.would_status or None,
         "headers": [list(h) for h in decision.headers],
         "body": decision.body.decode("utf-8", "replace"),
@@ -274,7 +278,10 @@ def render_text(report: dict[str, Any]) -> str:
     for name, value in declared["headers"]:
         lines.append(f"                header: {name}: {value}")
     d = report["decision"]
-    if document:
+    if document and d["forward"]:
+        lines.append(f"decision:       forward to the upstream: the origin's {document}, "
+                     "whatever the policy says about the client")
+    elif document:
         lines.append(f"decision:       answer {d['status']}: {document}, served by Gatekeeper "
                      "whatever the policy says about the client")
     elif d["forward"]:

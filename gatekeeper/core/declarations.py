@@ -28,6 +28,10 @@ What each declaration says, per region and per crawler:
 | require_license | Allow, with `License:` | n / no | 1, `tdm-policy`: the terms page |
 | block | Disallow | n / no | 1 |
 
+Wherever the policy asks any crawler for a licence, whatever its purpose, forwarded
+responses also carry `Link: <rsl>; rel="license"`, as that crawler's group carries
+`License:`: RSL's Link names the licence of the response's content.
+
 A licence path stays crawlable in robots.txt so that a crawler which honours
 robots.txt can still reach the licence offer (RSL's `License:` line never
 changes Allow or Disallow). Usage words and TDM reservation are per purpose: a
@@ -130,6 +134,19 @@ class Note:
     limit: Limit
 
 
+@dataclass(frozen=True, slots=True)
+class RegionHeaders:
+    """The declaration headers of one region, before the site's URLs are known."""
+
+    headers: tuple[tuple[str, str], ...]  # Content-Usage, tdm-reservation
+    tdm_policy: bool  # a licence is offered to a purpose TDMRep reserves: `tdm-policy`
+    licence: bool  # a licence is asked of some crawler here: `Link` to the RSL document
+
+    def with_licence(self, rsl_url: str, terms_url: str) -> tuple[tuple[str, str], ...]:
+        return self.headers + _licence_headers(rsl_url if self.licence else "",
+                                               terms_url if self.tdm_policy else "")
+
+
 @dataclass(slots=True)
 class Plan:
     mode: RobotsMode
@@ -142,26 +159,24 @@ class Plan:
     notes: tuple[Note, ...]
     regions: PatternSet
     tdm_policy: bool  # tdm-policy headers are sent (TDMRep is on)
-    # Per region: the headers, and whether a licence is offered there.
-    headers_by_region: dict[str, tuple[tuple[tuple[str, str], ...], bool]]
+    headers_by_region: dict[str, RegionHeaders]
     _cache: dict[tuple[str, str, str], tuple[tuple[str, str], ...]] = field(
         default_factory=dict)
 
     def headers_for(self, path: str, rsl_url: str = "",
                     terms_url: str = "") -> tuple[tuple[str, str], ...]:
-        """Declaration headers for a response on `path` (canonical path). Where a
-        licence is offered, `Link` names `rsl_url`, the absolute URL of the RSL
-        document, and `tdm-policy` names `terms_url`, the absolute URL of the terms
-        page: TDMRep wants a policy a person (HTML) or an ODRL reader can act on."""
+        """Declaration headers for a response on `path` (canonical path). Where the
+        policy asks any crawler for a licence, `Link` names `rsl_url`, the absolute
+        URL of the RSL document: the licence of the response's content. Where that
+        crawler's purpose is one TDMRep reserves, `tdm-policy` names `terms_url`, the
+        absolute URL of the terms page: TDMRep wants a policy a person (HTML) or an
+        ODRL reader can act on."""
         key = (path, rsl_url, terms_url)
         cached = self._cache.get(key)
         if cached is None:
-            region = self.regions.best(path) or ROOT
-            headers, offers = self.headers_by_region.get(region, ((), False))
-            if offers:
-                headers = headers + _licence_headers(
-                    rsl_url, terms_url if self.tdm_policy else "")
-            cached = headers
+            region = self.headers_by_region.get(self.regions.best(path) or ROOT)
+            cached = region.with_licence(rsl_url, terms_url if self.tdm_policy else "") \
+                if region is not None else ()
             if len(self._cache) >= _MAX_CACHED_PATHS:
                 self._cache.clear()
             self._cache[key] = cached
@@ -171,21 +186,21 @@ class Plan:
         return next((g for g in self.groups if g.crawler == crawler), None)
 
 
-def public_document(policy: Policy, method: str, path: str, *,
-                    generated: bool = True) -> str | None:
-    """Which public document the main listener answers itself for `path`, never
-    gated: "robots.txt", "tdmrep.json", "license.xml", "terms", "jwks.json", or
-    None for a path the gate decides. `generated`: robots.txt and tdmrep.json are
-    derived here (a usage vocabulary is loaded). The keys are served only once a
-    signing key exists; the caller knows whether one does."""
+def public_document(policy: Policy, method: str, path: str) -> str | None:
+    """Which public document `path` is, never gated whatever the policy says about
+    the client: "robots.txt", "tdmrep.json", "license.xml", "terms", "jwks.json",
+    or None for a path the gate decides. Gatekeeper answers them itself, except
+    where `from_origin` says the origin serves the document: the request is then
+    forwarded unchanged, still without a decision. A blocked crawler can always
+    read robots.txt: a 403 there would read as "no restrictions" (RFC 9309).
+    The keys are served only once a signing key exists; the caller knows whether
+    one does."""
     if method not in ("GET", "HEAD"):
         return None
-    settings = policy.declarations
     if path == ROBOTS_PATH:
-        return "robots.txt" if generated and settings.robots_txt is not RobotsMode.OFF \
-            else None
+        return "robots.txt"
     if path == TDMREP_PATH:
-        return "tdmrep.json" if generated and settings.tdmrep else None
+        return "tdmrep.json"
     if path == policy.rsl_url:
         return "license.xml"
     if path == policy.license_terms_url:
@@ -193,6 +208,20 @@ def public_document(policy: Policy, method: str, path: str, *,
     if path == JWKS_PATH:
         return "jwks.json"
     return None
+
+
+def from_origin(policy: Policy, document: str, *, generated: bool = True) -> bool:
+    """Whether the public `document` (`public_document`) is the origin's, forwarded
+    to it ungated rather than answered by Gatekeeper: robots.txt with
+    `declarations.robots_txt: off`, tdmrep.json with `declarations.tdmrep: false`,
+    and both when Gatekeeper derives no declarations (`generated` false: no usage
+    vocabulary is loaded)."""
+    settings = policy.declarations
+    if document == "robots.txt":
+        return not generated or settings.robots_txt is RobotsMode.OFF
+    if document == "tdmrep.json":
+        return not generated or not settings.tdmrep
+    return False
 
 
 def public_paths(policy: Policy, *, jwks: bool = True) -> tuple[str, ...]:
@@ -284,7 +313,8 @@ def plan(
     site_usage = {p: content_usage(words.items()) for p, words in site_words.items()}
     tdm = _tdm(catalog, policy_stance, vocab, stated, patterns)
     signal = _signal(catalog, policy_stance, vocab, stated) if settings.content_usage else ""
-    headers = _headers(site_usage, tdm, settings.content_usage, settings.tdmrep)
+    headers = _headers(site_usage, tdm, _licensed(policy_stance, patterns),
+                       settings.content_usage, settings.tdmrep)
     return Plan(
         mode=mode, groups=groups,
         usage=_per_pattern(site_usage) if settings.content_usage else (),
@@ -648,16 +678,26 @@ def _most_specific_first(rules: list[TdmRule]) -> tuple[TdmRule, ...]:
                  for location in sorted(kept, key=lambda loc: (-len(loc), loc)))
 
 
-def _headers(usage: dict[str, str], tdm: list[TdmRule], with_usage: bool, with_tdm: bool,
-             ) -> dict[str, tuple[tuple[tuple[str, str], ...], bool]]:
-    out: dict[str, tuple[tuple[tuple[str, str], ...], bool]] = {}
+def _licensed(regions: dict[str, dict[str, Stance]], patterns: Iterable[str]) -> set[str]:
+    """The regions where the policy asks some crawler, of whatever purpose, for a
+    licence: the RSL document offers one for what is served there, which is what
+    `Link: rel="license"` says, as the crawler's robots.txt group says `License:`."""
+    return {pattern for pattern in patterns
+            if any(by_region[pattern].verdict is Verdict.LICENSE
+                   for by_region in regions.values())}
+
+
+def _headers(usage: dict[str, str], tdm: list[TdmRule], licensed: set[str], with_usage: bool,
+             with_tdm: bool) -> dict[str, RegionHeaders]:
+    out: dict[str, RegionHeaders] = {}
     for rule in tdm:
         headers: list[tuple[str, str]] = []
         if with_usage:
             headers.append(("Content-Usage", usage[rule.location]))
         if with_tdm:
             headers.append(("tdm-reservation", "1" if rule.reserved else "0"))
-        out[rule.location] = (tuple(headers), rule.policy)
+        out[rule.location] = RegionHeaders(tuple(headers), rule.policy,
+                                           rule.location in licensed)
     return out
 
 

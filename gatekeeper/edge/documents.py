@@ -4,13 +4,16 @@ Crawlers must be able to read what they may do and the terms they are asked to
 accept, so these are served whatever the policy says about the client:
 
 - `/robots.txt`: the origin's file merged with the groups the policy declares
-  (`declarations.robots_txt: merge`), or only the generated part (`replace`);
-  with `off` the origin's file is forwarded like any other path.
-- `/.well-known/tdmrep.json`: the TDMRep rules (unless `declarations.tdmrep` is off).
+  (`declarations.robots_txt: merge`), or only the generated part (`replace`).
+- `/.well-known/tdmrep.json`: the TDMRep rules.
 - The RSL licence document (`Policy.rsl_url`), the human-readable terms
   (`Policy.license_terms_url`; JSON with `Accept: application/json` or
   `?format=json`) and the public keys that verify licence tokens
   (`/.well-known/jwks.json`).
+
+With `declarations.robots_txt: off` (or `declarations.tdmrep: false`) Gatekeeper
+writes no robots.txt (no tdmrep.json): the front end forwards the request to the
+origin unchanged, and still never gates it (`origin_serves`).
 
 Only GET and HEAD are answered. Documents are rendered from the serving policy
 and cached per policy, owners, host and origin robots.txt, so a reload or a new
@@ -29,7 +32,7 @@ from typing import Final, Protocol
 from aiohttp import web
 
 from gatekeeper.core.catalog import Crawler
-from gatekeeper.core.declarations import JWKS_PATH, Plan, plan, public_document
+from gatekeeper.core.declarations import JWKS_PATH, Plan, from_origin, plan, public_document
 from gatekeeper.core.model import Policy
 from gatekeeper.core.owners import NO_OWNERS, Owners, Stance
 from gatekeeper.core.robots import RobotsRules
@@ -38,7 +41,7 @@ from gatekeeper.core.stance import section_index
 from gatekeeper.core.tdmrep import render_tdmrep
 from gatekeeper.core.terms import render_terms_html, render_terms_json
 from gatekeeper.core.usage import Vocabularies
-from gatekeeper.declare import robots_document
+from gatekeeper.declare import offers_licences, robots_document
 from gatekeeper.observe import logging as gk_logging
 
 _MAX_CACHED: Final = 256
@@ -93,12 +96,19 @@ class Documents:
         self._origin = origin
 
     def kind(self, method: str, path: str) -> str | None:
-        """Which document `path` is ("robots.txt", "tdmrep.json", "license.xml",
-        "terms", "jwks.json"), or None for paths the gate decides."""
-        kind = public_document(self._policy(), method, path, generated=self._vocab is not None)
+        """Which public document `path` is ("robots.txt", "tdmrep.json", "license.xml",
+        "terms", "jwks.json"), never gated, or None for paths the gate decides. Answer
+        it with `answer` unless `origin_serves` says to forward it."""
+        kind = public_document(self._policy(), method, path)
         if kind == "jwks.json" and self._jwks() is None:
             return None  # no signing key yet: the path is the origin's
         return kind
+
+    def origin_serves(self, kind: str) -> bool:
+        """Whether the public document `kind` is forwarded to the origin (ungated,
+        observed as the document) rather than answered here: robots.txt with
+        `declarations.robots_txt: off`, tdmrep.json with `declarations.tdmrep: false`."""
+        return from_origin(self._policy(), kind, generated=self._vocab is not None)
 
     async def answer(self, kind: str, method: str, query: str, host: str, scheme: str,
                      accept: str, authority: str = "") -> web.Response:
@@ -156,8 +166,8 @@ class Documents:
             return ()
         policy = self._policy()
         declarations = policy.declarations
-        if not (declarations.tdmrep or declarations.content_usage):
-            return ()
+        if not (declarations.tdmrep or declarations.content_usage or offers_licences(policy)):
+            return ()  # nothing to declare: no plan needed
         site = f"{scheme}://{authority or host}"
         rsl = _absolute(site, policy.rsl_url)
         terms = _absolute(site, policy.license_terms_url)

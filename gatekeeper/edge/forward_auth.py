@@ -26,7 +26,10 @@ One check:
   licence tokens) is read as received. The target and host are checked and
   canonicalised exactly as the proxy does; a bad one gets the proxy's 400.
 - The public documents (robots.txt, TDMRep, RSL, terms, JWKS) are never gated:
-  allowed, as the proxy serves them whatever the policy says.
+  allowed, as the proxy serves them whatever the policy says. A robots.txt or
+  tdmrep.json that Gatekeeper does not write (`declarations.robots_txt: off`,
+  `tdmrep: false`), which the proxy forwards to the origin ungated, is allowed
+  with the declaration headers of any forwarded response.
 - Allowed: 200, empty body, with `X-Gatekeeper-Action`, `-Rule`, `-Reason`,
   `-Crawler` and `-Identity` for the front proxy to pass upstream, and the
   headers the proxy would add to the client's response under their own names
@@ -169,7 +172,9 @@ class ForwardAuth:
         cache = self._cache_for if self._cacheable(outcome, facts) else NO_CACHE
         if decision.forward:
             declared: tuple[tuple[str, str], ...] = ()
-            if documents is not None and kind is None and facts.method in ("GET", "HEAD"):
+            # The proxy adds these to what it forwards, the origin's robots.txt included.
+            forwarded = kind is None or (documents is not None and documents.origin_serves(kind))
+            if documents is not None and forwarded and facts.method in ("GET", "HEAD"):
                 declared = await documents.declared_headers(facts.host, facts.path,
                                                             facts.scheme, authority)
             resp = _allowed(outcome, declared, cache)

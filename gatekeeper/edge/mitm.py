@@ -33,11 +33,12 @@ Per request, the same steps as the aiohttp proxy (`gatekeeper.edge.proxy`), with
 the same answers: the client address through the trusted proxies; the framing,
 `Expect`, target and `Host` checks (a bad request gets the proxy's 4xx and
 nothing is forwarded); the public documents (robots.txt, TDMRep, the RSL and
-terms documents, JWKS) answered here; the gate's decision; a denied request
-answered with the decision's status, headers and body; an allowed one forwarded
-to the canonical path with the hop-by-hop and spoofable identity headers
-stripped and Gatekeeper's `X-Forwarded-*`/`Forwarded` added
-(`upstream_request_headers`); the decision's response headers and the
+terms documents, JWKS) answered here, or forwarded ungated where the origin
+serves them (`declarations.robots_txt: off`, `tdmrep: false`); the gate's
+decision; a denied request answered with the decision's status, headers and
+body; an allowed one forwarded to the canonical path with the hop-by-hop and
+spoofable identity headers stripped and Gatekeeper's `X-Forwarded-*`/`Forwarded`
+added (`upstream_request_headers`); the decision's response headers and the
 declaration headers on the response; one `Observation` per request.
 
 What differs from the aiohttp proxy:
@@ -129,13 +130,15 @@ class _Flow:
     Not a dataclass: mitmproxy runs a script file without registering it in
     `sys.modules`, where `dataclass` looks its module up."""
 
-    __slots__ = ("connection", "facts", "forwarded_at", "gate_duration", "observed", "outcome",
-                 "sent", "started", "streamed")
+    __slots__ = ("connection", "document", "facts", "forwarded_at", "gate_duration", "observed",
+                 "outcome", "sent", "started", "streamed")
 
     def __init__(self, facts: RequestFacts, outcome: Outcome, started: float,
-                 forwarded_at: float, connection: str, gate_duration: float) -> None:
+                 forwarded_at: float, connection: str, gate_duration: float,
+                 document: str = "") -> None:
         self.facts = facts
         self.outcome = outcome
+        self.document = document  # the public document forwarded (the origin's robots.txt)
         self.started = started  # perf_counter() when the request head was decided on
         self.gate_duration = gate_duration  # seconds until it went back to mitmproxy
         self.forwarded_at = forwarded_at  # wall clock when it went back to mitmproxy
@@ -293,7 +296,7 @@ class GatekeeperAddon:
             return
         documents = self._documents
         kind = documents.kind(request.method, facts.path) if documents is not None else None
-        if documents is not None and kind is not None:
+        if documents is not None and kind is not None and not documents.origin_serves(kind):
             outcome = await c.gate.read_declaration(facts)
             resp = await documents.answer(kind, request.method, facts.query, facts.host,
                                           scheme, incoming.get("Accept", ""))
@@ -303,7 +306,9 @@ class GatekeeperAddon:
             flow.response = _document_response(resp, request.method)
             request.stream = False
             return
-        outcome = await c.gate.decide(facts)
+        # A public document the origin serves is forwarded as it is: never gated.
+        outcome = await (c.gate.read_declaration(facts) if kind is not None
+                         else c.gate.decide(facts))
         decision = outcome.decision
         if not decision.forward:
             c.recorder.observe(Observation(facts, outcome, decision.status, len(decision.body),
@@ -335,7 +340,7 @@ class GatekeeperAddon:
         persistence = ", ".join(t for t in sorted(connection_tokens(incoming))
                                 if t in ("close", "keep-alive"))
         flow.metadata[METADATA_KEY] = _Flow(facts, outcome, started, time.time(), persistence,
-                                            time.perf_counter() - started)
+                                            time.perf_counter() - started, kind or "")
 
     def _facts(
         self, flow: http.HTTPFlow, headers: CIMultiDict[str], ip: str, scheme: str,
@@ -416,7 +421,7 @@ class GatekeeperAddon:
         if self._c is not None:
             self._c.recorder.observe(Observation(
                 state.facts, state.outcome, status, sent, time.perf_counter() - state.started,
-                upstream, error, gate_duration=state.gate_duration))
+                upstream, error, document=state.document, gate_duration=state.gate_duration))
 
 
 def reverse_target(modes: Iterable[str]) -> str | None:

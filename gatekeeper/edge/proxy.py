@@ -225,12 +225,14 @@ class Proxy:
             answered = await self._endpoints.answer(request, facts.path)
             if answered is not None:
                 return answered
-        if self._documents is not None:
-            kind = self._documents.kind(request.method, facts.path)
-            if kind is not None:
-                return await self._document(request, facts, kind, started)
+        documents = self._documents
+        kind = documents.kind(request.method, facts.path) if documents is not None else None
+        if documents is not None and kind is not None and not documents.origin_serves(kind):
+            return await self._document(request, facts, kind, started)
         try:
-            outcome = await self._gate.decide(facts)
+            # A public document the origin serves is forwarded as it is: never gated.
+            outcome = await (self._gate.read_declaration(facts) if kind is not None
+                             else self._gate.decide(facts))
         except Exception:
             _log.exception("gate_failed", method=request.method, path=facts.path)
             self._observer.bad_request("internal_error", address.ip, request.method, 500)
@@ -253,9 +255,10 @@ class Proxy:
                 close=self._draining or not request.content.is_eof())
         try:
             if upgrade:
-                return await self._websocket(request, facts, outcome, address.chain, started)
+                return await self._websocket(request, facts, outcome, address.chain, started,
+                                             document=kind or "")
             return await self._forward(request, facts, outcome, address.chain, declared,
-                                       started)
+                                       started, document=kind or "")
         finally:
             self._per_client.release(client)
 
@@ -319,7 +322,11 @@ class Proxy:
         chain: tuple[str, ...],
         declared: int | None,
         started: float,
+        *,
+        document: str = "",
     ) -> web.StreamResponse:
+        """Forward to the upstream and relay its answer; `document`: the public
+        document this is (the origin's robots.txt, say), observed as one."""
         headers = upstream_request_headers(
             request.headers, client_ip=facts.client_ip, host=facts.host,
             proto=request.scheme, forwarded_for_chain=chain,
@@ -380,7 +387,8 @@ class Proxy:
         finally:
             self._observer.observe(Observation(
                 facts, outcome, status, sent, time.perf_counter() - started,
-                upstream_duration, error, gate_duration=sending - started,
+                upstream_duration, error, document=document,
+                gate_duration=sending - started,
             ))
 
     async def _send(
@@ -501,6 +509,8 @@ class Proxy:
         outcome: Outcome,
         chain: tuple[str, ...],
         started: float,
+        *,
+        document: str = "",
     ) -> web.StreamResponse:
         status, error = 101, None
         connecting = time.perf_counter()
@@ -528,7 +538,7 @@ class Proxy:
         finally:
             self._observer.observe(Observation(
                 facts, outcome, status, 0, time.perf_counter() - started, None, error,
-                gate_duration=connecting - started,
+                document=document, gate_duration=connecting - started,
             ))
 
     def _refusal(self, exc: aiohttp.WSServerHandshakeError) -> web.StreamResponse | None:

@@ -240,6 +240,54 @@ async def test_robots_txt_off_forwards_the_origins_file(
     assert upstream.paths() == ["/robots.txt"]
 
 
+async def test_a_blocked_crawler_gets_the_origins_robots_txt_when_gatekeeper_writes_none(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    # A 403 for robots.txt would read as "no restrictions" (RFC 9309): never gated.
+    gk = await start_gatekeeper(upstream.url, "version: 1\ndefault: block\n"
+                                "declarations: {robots_txt: off, tdmrep: false}\nrules: []\n")
+    for path in ("/robots.txt", "/.well-known/tdmrep.json"):
+        status, _, body = await _get(gk.url + path, GPTBOT)
+        assert status == 200, path
+        seen = json.loads(body)  # the origin's answer: what it was asked
+        assert seen["raw_path"] == path
+        assert ["User-Agent", GPTBOT] in seen["headers"]
+    status, _, _ = await _get(gk.url + "/articles/1", GPTBOT)
+    assert status == 403
+    assert upstream.paths() == ["/robots.txt", "/.well-known/tdmrep.json"]
+    registry = gk.components.registry
+    for document in ("robots.txt", "tdmrep.json"):
+        assert registry.get_sample_value("gatekeeper_declaration_requests_total",
+                                         {"document": document, "crawler": "GPTBot"}) == 1
+    forwarded = [o for o in gk.observer.observed if o.document]
+    assert [(o.document, o.status, o.outcome.decision.rule) for o in forwarded] == [
+        ("robots.txt", 200, "declarations"), ("tdmrep.json", 200, "declarations")]
+
+
+async def test_a_licence_offered_only_to_search_engines_is_linked_on_its_paths(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    gk = await start_gatekeeper(upstream.url, """
+version: 1
+licenses:
+  - {name: idx, usages: [search], price: {amount: 0.001, currency: USD}}
+rules:
+  - name: paid-search
+    match: {purposes: [search-engine], paths: ["/archive/**"]}
+    action: {require_license: {any_of: [idx]}}
+""")
+    rsl = gk.url + "/license.xml"
+    _, _, robots = await _get(gk.url + "/robots.txt")
+    assert DeclaredRobots.parse(robots.decode()).licence_for("Googlebot") == [rsl]
+    status, headers, _ = await _get(gk.url + "/archive/x")
+    assert status == 200  # a browser: forwarded, with the declarations for the path
+    assert headers["link"] == [f'<{rsl}>; rel="license"; type="application/rsl+xml"']
+    assert headers["tdm-reservation"] == ["0"]
+    assert "tdm-policy" not in headers
+    _, headers, _ = await _get(gk.url + "/news/x")
+    assert "link" not in headers
+
+
 async def test_head_of_robots_txt_has_the_length_and_no_body(
     upstream: Upstream, start_gatekeeper: StartGate
 ) -> None:

@@ -325,11 +325,12 @@ async def test_front_end_answers_the_table(
                 "ranges_cache_dir": str(tmp_path / "ranges-cache")}
     licensing = tmp_path / "licensing"
     cases = with_token(CASES, licensing_state(licensing))
+    policy = table_policy(tmp_path / "policy.yaml")
 
     async def run(name: str) -> dict[str, Exchange]:
         state = tmp_path / f"state-{name}"
         shutil.copytree(licensing, state)  # the same key and licensee for every front end
-        setup = Setup(upstream, ROOT / TABLE["policy"], settings, state)
+        setup = Setup(upstream, policy, settings, state)
         listening = await front_ends[name](setup)
         exchanges = await run_table(listening, upstream, cases)
         await read_ledger(state, cases, exchanges, front_end)
@@ -350,6 +351,15 @@ async def test_front_end_answers_the_table(
             continue  # answered otherwise by design: checked against its own expectation
         assert compare(got[name], False) == compare(reference[name], True), \
             f"{front_end} and {REFERENCE} differ on {name!r}"
+
+
+def table_policy(path: Path) -> Path:
+    """The table's policy file with the table's `declarations:` added, written to `path`."""
+    text = (ROOT / TABLE["policy"]).read_text()
+    declarations = yaml.safe_dump({"declarations": TABLE["declarations"]},
+                                  default_flow_style=None)
+    path.write_text(text.rstrip("\n") + "\n" + declarations)
+    return path
 
 
 def licensing_state(directory: Path) -> str:

@@ -148,6 +148,22 @@ def test_explain_checks_a_given_robots_txt(tmp_path: Path) -> None:
     assert "rule:           enforce-robots-txt" in out.stdout
 
 
+
+@pytest.mark.parametrize(("declarations", "path"), [
+    ("{robots_txt: off}", "/robots.txt"),
+    ("{tdmrep: false}", "/.well-known/tdmrep.json"),
+])
+def test_explain_forwards_a_document_gatekeeper_does_not_write_to_the_origin_ungated(
+        tmp_path: Path, declarations: str, path: str) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"version: 1\ndefault: block\ndeclarations: {declarations}\nrules: []\n")
+    out = json.loads(gk("explain", "--policy", str(policy), "--ua", "GPTBot/1.2", "--ip",
+                        "20.171.207.1", "--path", path, "--json").stdout)
+    assert out["rule"]["name"] == "declarations"
+    assert out["decision"]["forward"] is True
+    assert out["decision"]["status"] is None
+
+
 def test_crawlers_list_shows_every_packaged_list() -> None:
     out = gk("crawlers", "list")
     assert out.returncode == 0, out.stderr

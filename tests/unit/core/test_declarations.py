@@ -14,6 +14,7 @@ from gatekeeper.catalog_loader import load_catalog
 from gatekeeper.core.declarations import (
     Limit,
     Plan,
+    from_origin,
     glob_patterns,
     plan,
     public_document,
@@ -179,6 +180,65 @@ rules:
         "location": "/", "tdm-reservation": 1, "tdm-policy": TERMS}
 
 
+SEARCH_LICENCE = """
+licenses:
+  - {name: idx, usages: [search], price: {amount: 0.001, currency: USD}}
+rules:
+  - name: paid-search
+    match: {purposes: [search-engine], paths: ["/archive/**"]}
+    action: {require_license: {any_of: [idx]}}
+"""
+
+
+def test_a_licence_asked_only_of_search_engines_is_linked_where_it_is_asked() -> None:
+    # RSL: `Link: rel="license"` names the licence of the response's content. Search
+    # is no purpose TDMRep reserves, so there is no tdm-policy, but the licence is
+    # offered on /archive/ as the search engines' robots.txt groups say.
+    found, text = _robots(_policy(SEARCH_LICENCE))
+    link = f'<{RSL}>; rel="license"; type="application/rsl+xml"'
+    for path in ("/archive", "/archive/x"):
+        headers = dict(found.headers_for(path, RSL, TERMS))
+        assert headers["Link"] == link, path
+        assert headers["tdm-reservation"] == "0"
+        assert "tdm-policy" not in headers
+    assert "Link" not in dict(found.headers_for("/news/x", RSL, TERMS))
+    assert "Link" not in dict(found.headers_for("/archived", RSL, TERMS))
+    assert DeclaredRobots.parse(text).licence_for("Googlebot") == [RSL]
+
+
+def test_the_link_follows_the_licence_offers_whatever_else_is_declared() -> None:
+    policy = _policy("declarations: {tdmrep: false, content_usage: false}\n" + SEARCH_LICENCE)
+    found, _ = _robots(policy)
+    assert found.headers_for("/archive/x", RSL, TERMS) == (
+        ("Link", f'<{RSL}>; rel="license"; type="application/rsl+xml"'),)
+    assert found.headers_for("/a", RSL, TERMS) == ()
+
+
+def test_every_region_where_some_crawler_is_asked_for_a_licence_links_the_rsl_document(
+) -> None:
+    policy = _policy("""
+licenses:
+  - {name: train, usages: [ai-train], paths: ["/premium/**"]}
+  - {name: idx, usages: [search]}
+rules:
+  - {match: {purposes: [ai-training], paths: ["/premium/**"]},
+     action: {require_license: {any_of: [train]}}}
+  - {match: {purposes: [search-engine], paths: ["/archive/**"]},
+     action: {require_license: {any_of: [idx]}}}
+  - {match: {crawlers: [Googlebot], paths: ["/archive/free/**"]}, action: allow}
+  - {match: {purposes: [ai-training]}, action: block}
+""")
+    found, _ = _robots(policy)
+    for pattern in found.headers_by_region:
+        path = representative(pattern)
+        asked = any(stance_of(policy, Owners(), c, path, "example.com", False).verdict
+                    is Verdict.LICENSE for c in CATALOG)
+        assert ("Link" in dict(found.headers_for(path, RSL, TERMS))) is asked, pattern
+    # Bingbot is still asked on /archive/free/: the licence is offered there too.
+    assert "Link" in dict(found.headers_for("/archive/free/x", RSL, TERMS))
+    assert "Link" not in dict(found.headers_for("/a", RSL, TERMS))
+
+
 def test_a_crawler_asked_only_for_a_licence_gets_a_group_naming_it() -> None:
     origin = "User-agent: *\nDisallow: /private/\n"
     policy = _policy("""
@@ -234,22 +294,47 @@ def test_the_keys_are_not_declared_before_a_signing_key_exists() -> None:
     assert rules.verdict("GPTBot", "/.well-known/tdmrep.json").allowed
 
 
-@pytest.mark.parametrize(("method", "path", "settings", "kind"), [
-    ("GET", "/robots.txt", "", "robots.txt"),
-    ("HEAD", "/robots.txt", "", "robots.txt"),
-    ("POST", "/robots.txt", "", None),
-    ("GET", "/robots.txt", "declarations: {robots_txt: 'off'}\n", None),
-    ("GET", "/.well-known/tdmrep.json", "", "tdmrep.json"),
-    ("GET", "/.well-known/tdmrep.json", "declarations: {tdmrep: false}\n", None),
-    ("GET", "/license.xml", "", "license.xml"),
-    ("GET", "/terms", "license_terms_url: /terms\n", "terms"),
-    ("GET", "/.well-known/gatekeeper/licenses", "license_terms_url: /terms\n", None),
-    ("GET", "/.well-known/jwks.json", "", "jwks.json"),
-    ("GET", "/robots.txt/", "", None),
+@pytest.mark.parametrize(("method", "path", "settings", "kind", "origin"), [
+    ("GET", "/robots.txt", "", "robots.txt", False),
+    ("HEAD", "/robots.txt", "", "robots.txt", False),
+    ("POST", "/robots.txt", "", None, False),
+    # Not written by Gatekeeper, still never gated: forwarded to the origin as it is.
+    ("GET", "/robots.txt", "declarations: {robots_txt: 'off'}\n", "robots.txt", True),
+    ("GET", "/.well-known/tdmrep.json", "", "tdmrep.json", False),
+    ("GET", "/.well-known/tdmrep.json", "declarations: {tdmrep: false}\n", "tdmrep.json",
+     True),
+    ("GET", "/robots.txt", "declarations: {tdmrep: false}\n", "robots.txt", False),
+    ("GET", "/license.xml", "", "license.xml", False),
+    ("GET", "/license.xml", "declarations: {robots_txt: 'off'}\n", "license.xml", False),
+    ("GET", "/terms", "license_terms_url: /terms\n", "terms", False),
+    ("GET", "/.well-known/gatekeeper/licenses", "license_terms_url: /terms\n", None, False),
+    ("GET", "/.well-known/jwks.json", "", "jwks.json", False),
+    ("GET", "/robots.txt/", "", None, False),
 ])
 def test_which_paths_are_public_documents(method: str, path: str, settings: str,
-                                          kind: str | None) -> None:
-    assert public_document(_policy(settings + "rules: []\n"), method, path) == kind
+                                          kind: str | None, origin: bool) -> None:
+    policy = _policy(settings + "rules: []\n")
+    assert public_document(policy, method, path) == kind
+    if kind is not None:
+        assert from_origin(policy, kind) is origin
+
+
+@pytest.mark.parametrize("kind", ["robots.txt", "tdmrep.json"])
+def test_without_a_usage_vocabulary_the_origin_serves_robots_txt_and_tdmrep(kind: str) -> None:
+    policy = _policy("rules: []\n")
+    assert from_origin(policy, kind, generated=False)
+    assert not from_origin(policy, "license.xml", generated=False)
+
+
+def test_the_origins_tdmrep_json_is_allowed_in_every_group_when_gatekeeper_writes_none(
+) -> None:
+    # Forwarded ungated (from_origin), so robots.txt must not tell crawlers to stay out.
+    policy = _policy("default: block\ndeclarations: {tdmrep: false}\nrules: []\n")
+    assert "/.well-known/tdmrep.json" in public_paths(policy)
+    _, text = _robots(policy)
+    rules = RobotsRules.parse(text.encode())
+    assert rules.verdict("GPTBot", "/.well-known/tdmrep.json").allowed
+    assert not rules.verdict("GPTBot", "/a").allowed
 
 
 def test_a_path_with_a_query_is_declared_as_the_path() -> None:

@@ -1,13 +1,16 @@
-"""Declarations plans are built off the event loop, once per policy."""
+"""Which paths are public documents and who serves them; declarations plans are built
+off the event loop, once per policy; the headers forwarded responses carry."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from gatekeeper.catalog_loader import load_catalog
 from gatekeeper.core.model import Policy
 from gatekeeper.edge.documents import Documents
-from gatekeeper.policy.loader import load_default_policy
+from gatekeeper.policy.loader import load_default_policy, load_policy_text
 from gatekeeper.vocabulary_loader import load_vocabularies
 
 CATALOG = load_catalog()
@@ -65,3 +68,44 @@ async def test_the_front_ends_headers_are_derived_off_the_loop_on_first_use() ->
     assert first[0] == first[2] == documents.response_headers("example.com", "/a", "https")
     assert await documents.declared_headers("example.com", "/a", "https") == first[0]
     assert built == [1]  # the second time, from the plan already built
+
+
+def _policy(text: str) -> Policy:
+    return load_policy_text("version: 1\n" + text, "test.yaml", CATALOG)
+
+
+@pytest.mark.parametrize(("settings", "path", "kind", "origin"), [
+    ("", "/robots.txt", "robots.txt", False),
+    ("declarations: {robots_txt: 'off'}\n", "/robots.txt", "robots.txt", True),
+    ("", "/.well-known/tdmrep.json", "tdmrep.json", False),
+    ("declarations: {tdmrep: false}\n", "/.well-known/tdmrep.json", "tdmrep.json", True),
+    ("declarations: {robots_txt: 'off'}\n", "/license.xml", "license.xml", False),
+    ("declarations: {robots_txt: 'off'}\n", "/robots", None, False),
+])
+def test_a_public_document_gatekeeper_does_not_write_is_the_origins_and_never_gated(
+        settings: str, path: str, kind: str | None, origin: bool) -> None:
+    documents = _documents([_policy("default: block\n" + settings + "rules: []\n")], [])
+    assert documents.kind("GET", path) == kind
+    if kind is not None:
+        assert documents.origin_serves(kind) is origin
+
+
+def test_without_a_usage_vocabulary_robots_txt_is_the_origins() -> None:
+    documents = Documents(lambda: load_default_policy(CATALOG), lambda: None, "/token",
+                          crawlers=CATALOG)
+    assert documents.kind("GET", "/robots.txt") == "robots.txt"
+    assert documents.origin_serves("robots.txt")
+
+
+def test_the_licence_link_is_sent_with_tdmrep_and_content_usage_off() -> None:
+    documents = _documents([_policy("""
+declarations: {tdmrep: false, content_usage: false}
+licenses: [{name: idx, usages: [search]}]
+rules:
+  - {match: {purposes: [search-engine], paths: ["/archive/**"]},
+     action: {require_license: {any_of: [idx]}}}
+""")], [])
+    assert documents.response_headers("example.com", "/archive/x", "https") == (
+        ("Link", '<https://example.com/license.xml>; rel="license"; '
+                 'type="application/rsl+xml"'),)
+    assert documents.response_headers("example.com", "/a", "https") == ()
