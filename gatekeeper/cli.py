@@ -171,8 +171,11 @@ def _check(files: Sequence[str], robots_txt: str | None = None,
            config: str | None = None) -> int:
     from gatekeeper.catalog_loader import load_catalog
     from gatekeeper.core.declarations import plan
+    from gatekeeper.core.model import RobotsMode
     from gatekeeper.core.robots import RobotsRules
+    from gatekeeper.core.robots_txt import unstated_refusals
     from gatekeeper.core.stance import robots_conditioned
+    from gatekeeper.declare import robots_document
     from gatekeeper.policy.loader import load_policy_file
     from gatekeeper.vocabulary_loader import load_vocabularies
 
@@ -198,16 +201,39 @@ def _check(files: Sequence[str], robots_txt: str | None = None,
                      robots_compliance=compliance)
         for note in dict.fromkeys(f"{n.pattern}: {n.reason}" for n in found.notes):
             print(f"{path}: note: {note}", file=sys.stderr)
-        for conflict in found.conflicts:
-            failed = True
+        for refusal in unstated_refusals(policy):
+            print(f"{path}: note: {refusal}; robots.txt cannot state it: those clients read "
+                  "its `*` group, which states none of the policy's refusals", file=sys.stderr)
+        conflicts = found.conflicts
+        too_big = False
+        if policy.declarations.robots_txt is not RobotsMode.OFF:
+            served = robots_document(policy, found, origin, "https://localhost")
+            conflicts += served.usage_conflicts
+            too_big = served.over_limit
+            if too_big:
+                print(_over_limit(path, served.generated_size), file=sys.stderr)
+        for conflict in conflicts:
             print(f"{path}: conflict with {robots_txt}: {conflict}", file=sys.stderr)
-        if not found.conflicts:
+        if conflicts or too_big:
+            failed = True
+        else:
             print(f"{path}: ok ({len(policy.rules)} rules, mode {policy.mode.value})")
     return 1 if failed else 0
 
 
+def _over_limit(path: str, size: int) -> str:
+    from gatekeeper.core.robots import PARSE_LIMIT
+
+    return (f"{path}: error: the robots.txt groups generated from this policy take {size:,} "
+            f"bytes, more than the {PARSE_LIMIT:,} bytes (500 KiB) a parser must read (RFC "
+            "9309 §2.5): parsers stop before the last groups and read those crawlers as "
+            "allowed where the gate refuses them. Name fewer exact paths in the rules: a "
+            "glob such as /free/** in place of a list of pages is one line per group")
+
+
 def _declarations(args: argparse.Namespace) -> int:
     from gatekeeper.catalog_loader import load_catalog
+    from gatekeeper.core.declarations import ROBOTS_PATH, TDMREP_PATH, representative
     from gatekeeper.declare import declarations
     from gatekeeper.vocabulary_loader import load_vocabularies
     from gatekeeper.wiring import load_policy
@@ -219,23 +245,30 @@ def _declarations(args: argparse.Namespace) -> int:
     d = declarations(policy, catalog, load_vocabularies(), site=site, host=args.host,
                      origin_txt=origin,
                      robots_compliance=resolve(args.config, {}).robots_compliance)
+    # Every region of the plan, with the headers a response there gets.
+    regions = sorted(d.plan.headers_by_region, key=lambda p: (p.rstrip("$"), p))
     sections = {
         "robots.txt": d.robots.text,
         "tdmrep.json": d.tdmrep.decode(),
         "license.xml": d.rsl.decode(),
         "headers": "".join(
             f"{pattern:<24} " + "; ".join(f"{n}: {v}" for n, v in
-                                          d.headers_for(pattern.rstrip("$")))
-            + "\n" for pattern in sorted({r.location for r in d.plan.tdm} | {"/"})),
+                                          d.headers_for(representative(pattern)))
+            + "\n" for pattern in regions),
     }
+    if d.robots.over_limit:
+        print(_over_limit(args.policy or "the default policy", d.robots.generated_size),
+              file=sys.stderr)
     if args.only:
         print(sections[args.only], end="")
         return 0
+    where = {"robots.txt": site + ROBOTS_PATH, "tdmrep.json": site + TDMREP_PATH,
+             "license.xml": d.rsl_url, "headers": "response headers, by path"}
     for name, text in sections.items():
-        where = "response headers, by path" if name == "headers" else f"{site}/{name}"
-        print(f"==> {where}\n{text}")
+        print(f"==> {where[name]}\n{text}")
+    conflicts = [*d.plan.conflicts, *d.robots.usage_conflicts]
     for title, items in (("notes", [f"{n.pattern}: {n.reason}" for n in d.plan.notes]),
-                         ("conflicts with the origin's robots.txt", list(d.plan.conflicts))):
+                         ("conflicts with the origin's robots.txt", conflicts)):
         if items:
             print(f"==> {title}")
             print("\n".join(dict.fromkeys(items)))

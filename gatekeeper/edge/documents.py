@@ -35,7 +35,7 @@ from gatekeeper.core.catalog import Crawler
 from gatekeeper.core.declarations import JWKS_PATH, Plan, from_origin, plan, public_document
 from gatekeeper.core.model import Policy
 from gatekeeper.core.owners import NO_OWNERS, Owners, Stance
-from gatekeeper.core.robots import RobotsRules
+from gatekeeper.core.robots import PARSE_LIMIT, RobotsRules
 from gatekeeper.core.rsl import RSL_MEDIA_TYPE, render_rsl
 from gatekeeper.core.stance import section_index
 from gatekeeper.core.tdmrep import render_tdmrep
@@ -231,11 +231,15 @@ class Documents:
 
     def _report(self, policy: Policy, found: Plan) -> None:
         for conflict in found.conflicts:
-            if (id(policy), conflict) not in self._reported:
-                if len(self._reported) >= _MAX_CACHED:
-                    self._reported.clear()
-                self._reported.add((id(policy), conflict))
-                _log.warning("robots_txt_conflict", detail=conflict)
+            self._warn_once(policy, "robots_txt_conflict", conflict)
+
+    def _warn_once(self, policy: Policy, event: str, detail: str) -> None:
+        """Once per policy: the documents are rendered for every request for them."""
+        if (id(policy), detail) not in self._reported:
+            if len(self._reported) >= _MAX_CACHED:
+                self._reported.clear()
+            self._reported.add((id(policy), detail))
+            _log.warning(event, detail=detail)
 
     def _peek(self, host: str) -> RobotsRules | None:
         origin = self._origin.peek(host) if self._origin is not None else None
@@ -253,6 +257,12 @@ class Documents:
             if origin.source != "parsed":
                 origin = None
         doc = robots_document(policy, self.plan(policy, host, origin), origin, site)
+        if doc.over_limit:
+            self._warn_once(policy, "robots_txt_over_limit",
+                            f"generated groups take {doc.generated_size} bytes, over the "
+                            f"{PARSE_LIMIT} parsers must read: gatekeeper check says why")
+        for conflict in doc.usage_conflicts:
+            self._warn_once(policy, "robots_txt_conflict", conflict)
         return _response("GET", doc.text.encode(), "text/plain; charset=utf-8")
 
     def _render(self, policy: Policy, owners: Owners, site: str,

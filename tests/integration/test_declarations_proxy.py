@@ -156,6 +156,27 @@ async def test_a_contradicting_origin_group_is_logged_once(
     assert status == 200
 
 
+
+async def test_an_origin_content_signal_that_contradicts_the_policy_is_replaced_and_logged_once(
+    upstream: Upstream, start_gatekeeper: StartGate
+) -> None:
+    upstream.robots_txt = ("User-agent: *\nContent-Signal: search=yes, ai-train=yes\n"
+                           "Disallow: /private/\n")
+    gk = await start_gatekeeper(upstream.url, None)  # the default policy: ai-train=no
+    with capture_logs() as logs:
+        for _ in range(2):
+            status, _, body = await _get(gk.url + "/robots.txt", GPTBOT)
+            assert status == 200
+    conflicts = [entry["detail"] for entry in logs if entry["event"] == "robots_txt_conflict"]
+    assert len(conflicts) == 1
+    assert "ai-train" in conflicts[0]
+    signals = [line for line in body.decode().splitlines()
+               if line.lower().startswith("content-signal:")]
+    assert signals
+    assert all("ai-train=yes" not in line for line in signals)
+    assert b"Disallow: /private/" in body  # the rest of the origin's group stays
+
+
 ROBOTS_CONDITIONED = """
 version: 1
 default: block

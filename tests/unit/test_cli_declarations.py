@@ -16,7 +16,8 @@ GPTBOT = "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/
 def test_declarations_prints_every_document_for_the_default_policy() -> None:
     out = gk("declarations", "--host", "news.example")
     assert out.returncode == 0, out.stderr
-    for title in ("==> https://news.example/robots.txt", "==> https://news.example/tdmrep.json",
+    for title in ("==> https://news.example/robots.txt",
+                  "==> https://news.example/.well-known/tdmrep.json",
                   "==> https://news.example/license.xml", "==> response headers, by path"):
         assert title in out.stdout
     assert "User-agent: GPTBot\n" in out.stdout
@@ -51,6 +52,22 @@ def test_declarations_headers_name_the_terms_page_and_link_the_rsl_document() ->
     root = next(line for line in out.stdout.splitlines() if line.startswith("/ "))
     assert "tdm-policy: https://localhost/.well-known/gatekeeper/licenses" in root
     assert 'Link: <https://localhost/license.xml>; rel="license"' in root
+
+
+def test_declarations_headers_list_every_region_of_the_plan(tmp_path: Path) -> None:
+    # Licensed search on /archive/ only: no TDM reservation anywhere, so tdmrep.json
+    # has one rule, but /archive/ answers with `search=n` and a `Link`.
+    policy = tmp_path / "search-licence.yaml"
+    policy.write_text("version: 1\nlicenses: [{name: idx, usages: [search]}]\nrules:\n"
+                      "  - match: {purposes: [search-engine], paths: ['/archive/**']}\n"
+                      "    action: {require_license: {any_of: [idx]}}\n")
+    out = gk("declarations", "--only", "headers", "--policy", str(policy))
+    assert out.returncode == 0, out.stderr
+    rows = {line.split(" ", 1)[0]: line for line in out.stdout.splitlines()}
+    assert sorted(rows) == ["/", "/archive$", "/archive/"]
+    assert "Content-Usage: train-ai=y, search=n" in rows["/archive/"]
+    assert 'Link: <https://localhost/license.xml>; rel="license"' in rows["/archive/"]
+    assert "search=y" in rows["/"]
 
 
 def test_declarations_give_a_licence_only_crawler_its_group(tmp_path: Path) -> None:
@@ -89,6 +106,70 @@ def test_check_reports_an_origin_disallow_the_policy_does_not_enforce(tmp_path: 
     assert out.returncode == 1
     assert (f"{policy}: conflict with {origin}: GPTBot: the origin's robots.txt disallows /x/ "
             "(Disallow: /x/) but the policy serves it (rule 'welcome')") in out.stderr
+
+
+ORIGIN_USAGE = ("User-agent: *\nContent-Signal: search=yes, ai-train=yes, ai-input=yes\n"
+                "Content-Usage: train-ai=y\nAllow: /\n")
+
+
+def test_check_reports_origin_usage_lines_that_contradict_the_policy(tmp_path: Path) -> None:
+    origin = tmp_path / "robots.txt"
+    origin.write_text(ORIGIN_USAGE)
+    default = str(ROOT / "policies" / "default.yaml")
+    out = gk("check", default, "--robots-txt", str(origin))
+    assert out.returncode == 1
+    assert (f"{default}: conflict with {origin}: the origin's robots.txt says "
+            "`Content-Signal: search=yes, ai-train=yes, ai-input=yes` where the policy "
+            "declares `Content-Signal: search=yes, ai-input=yes, ai-train=no` (ai-train "
+            "differs); the policy's line is served") in out.stderr
+    assert "says `Content-Usage: train-ai=y` where the policy declares" in out.stderr
+    assert ": ok (" not in out.stdout
+    # The served file carries the policy's lines only.
+    served = gk("declarations", "--only", "robots.txt", "--robots-txt", str(origin)).stdout
+    assert served.count("Content-Signal:") == 1
+    agreeing = tmp_path / "agreeing.txt"
+    agreeing.write_text("User-agent: *\nContent-Signal: ai-train=no\nDisallow: /private/\n")
+    out = gk("check", default, "--robots-txt", str(agreeing))
+    assert out.returncode == 0, out.stderr
+
+
+def test_check_fails_when_the_generated_robots_txt_is_longer_than_parsers_read(
+        tmp_path: Path) -> None:
+    # Sixty long pages listed one by one (and a glob that keeps every line).
+    pages = ", ".join(["'/free/*.pdf'"] + [f"'/free/{i:03d}-{'x' * 1000}'" for i in range(60)])
+    policy = tmp_path / "pages.yaml"
+    policy.write_text(f"version: 1\nrules:\n  - {{name: pages, match: {{crawlers: [GPTBot], "
+                      f"paths: [{pages}]}}, action: allow}}\n"
+                      "  - {match: {purposes: [ai-training, ai-search]}, action: block}\n")
+    out = gk("check", str(policy))
+    assert out.returncode == 1
+    assert ": ok (" not in out.stdout
+    error = next(line for line in out.stderr.splitlines() if ": error: " in line)
+    assert error.startswith(f"{policy}: error: the robots.txt groups generated from this "
+                            "policy take ")
+    assert "more than the 512,000 bytes (500 KiB) a parser must read" in error
+    assert "Name fewer exact paths in the rules: a glob such as /free/**" in error
+    size = int(error.split(" take ", 1)[1].split(" bytes", 1)[0].replace(",", ""))
+    assert size > 512_000
+
+
+def test_check_notes_refusals_robots_txt_cannot_state_for_clients_outside_the_catalog(
+        tmp_path: Path) -> None:
+    policy = tmp_path / "no-bots.yaml"
+    policy.write_text("version: 1\ndefault: block\nrules:\n"
+                      "  - {name: people, match: {kinds: [unknown]}, action: allow}\n"
+                      "  - {name: no-bots, match: {kinds: [other-bot]}, action: block}\n")
+    out = gk("check", str(policy))
+    assert out.returncode == 0, out.stderr
+    tail = ("; robots.txt cannot state it: those clients read its `*` group, which states "
+            "none of the policy's refusals")
+    assert (f"{policy}: note: rule 'no-bots' refuses clients outside the catalog "
+            f"(other-bot){tail}") in out.stderr
+    # Other bots never get past `no-bots`: the default is left to undeclared bots.
+    assert (f"{policy}: note: the default refuses clients outside the catalog "
+            f"(undeclared-bot){tail}") in out.stderr
+    assert "outside the catalog" not in gk("check", str(ROOT / "policies" /
+                                                          "default.yaml")).stderr
 
 
 def test_check_notes_each_rate_limit_it_cannot_declare() -> None:

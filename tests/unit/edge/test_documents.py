@@ -109,3 +109,22 @@ rules:
         ("Link", '<https://example.com/license.xml>; rel="license"; '
                  'type="application/rsl+xml"'),)
     assert documents.response_headers("example.com", "/a", "https") == ()
+
+
+async def test_a_robots_txt_longer_than_parsers_read_is_served_and_logged_once() -> None:
+    from structlog.testing import capture_logs
+
+    pages = "\n".join(f"        - /{'section/' * 400}{n}" for n in range(40))
+    policy = load_policy_text(
+        "version: 1\nrules:\n  - name: open\n    match:\n      paths:\n" + pages +
+        "\n    action: allow\n  - name: ai\n    match: {purposes: [ai-training]}\n"
+        "    action: block\n", "long.yaml", CATALOG)
+    documents = _documents([policy], [])
+    with capture_logs() as logs:
+        for _ in range(2):
+            served = await documents.answer("robots.txt", "GET", "", "example.com", "https",
+                                            "text/plain")
+            assert served.status == 200
+    warned = [e for e in logs if e["event"] == "robots_txt_over_limit"]
+    assert len(warned) == 1
+    assert "512000" in warned[0]["detail"]
