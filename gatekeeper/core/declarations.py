@@ -565,12 +565,17 @@ def _pruned(values: dict[str, _V]) -> dict[str, _V]:
     for pattern in values:
         if not pattern.endswith("$"):
             prefixes.setdefault(_literal(pattern), []).append(pattern)
+    # Only lengths some prefix has: long exact paths would otherwise cost a slice and
+    # a lookup per character of each.
+    lengths = sorted({len(text) for text in prefixes}, reverse=True)
     out = {}
     for pattern, value in values.items():
         literal = _literal(pattern)
         parent = None
         # The prefixes of its text, longest first: one lookup each, not one per pattern.
-        for end in range(len(literal), -1, -1):
+        for end in lengths:
+            if end > len(literal):
+                continue
             found = [p for p in prefixes.get(literal[:end], ())
                      if p != pattern and len(p) < len(pattern)]
             if found:

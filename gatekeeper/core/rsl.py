@@ -23,6 +23,7 @@ The element order follows the policy, so one policy gives the same bytes.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import xml.etree.ElementTree as ET
@@ -116,6 +117,8 @@ def license_patterns(lic: License) -> tuple[str, ...]:
     return tuple(_unique(p for glob in lic.paths for p in rfc9309_patterns(glob.text)))
 
 
+# Pure, and asked the same globs once per catalog crawler by the declarations plan.
+@functools.lru_cache(maxsize=4096)
 def rfc9309_patterns(glob: str) -> tuple[str, ...]:
     """RFC 9309 patterns that together match what the policy path glob matches.
 
