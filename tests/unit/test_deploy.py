@@ -582,6 +582,27 @@ def test_k8s_networkpolicy_keeps_the_admin_port_for_prometheus(
                         (key, value)
 
 
+
+def test_k8s_redis_admits_only_gatekeepers_pods(manifests: list[dict[str, Any]]) -> None:
+    # The recipe's Redis has no password: who reaches it can clear revocations.
+    (policy,) = [m for m in _kind(manifests, "NetworkPolicy")
+                 if m["metadata"]["name"] == "gatekeeper-redis"]
+    spec = policy["spec"]
+    isolated = [d["metadata"]["name"] for d in _kind(manifests, "Deployment")
+                if _matches(spec["podSelector"]["matchLabels"],
+                            d["spec"]["template"]["metadata"]["labels"])]
+    assert isolated == ["gatekeeper-redis"]
+    (rule,) = spec["ingress"]
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}  # this namespace only
+    admitted = [d["metadata"]["name"] for d in _kind(manifests, "Deployment")
+                if _matches(peer["podSelector"]["matchLabels"],
+                            d["spec"]["template"]["metadata"]["labels"])]
+    assert "gatekeeper" in admitted
+    service = _named(manifests, "Service", "gatekeeper-redis")
+    assert [p["port"] for p in rule["ports"]] == [p["port"] for p in service["spec"]["ports"]]
+
+
 def test_k8s_hpa_scales_the_gatekeeper_deployment_on_cpu(
         manifests: list[dict[str, Any]]) -> None:
     (hpa,) = _kind(manifests, "HorizontalPodAutoscaler")
