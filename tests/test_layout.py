@@ -12,7 +12,7 @@ PACKAGE = ROOT / "gatekeeper"
 CORE_ALLOWED = {"__future__", "collections", "dataclasses", "enum", "functools", "typing",
                 "ipaddress", "json", "math", "re", "itertools", "ahocorasick", "re2",
                 "base64", "hashlib", "http_sf", "cryptography", "bisect", "hmac", "struct",
-                "zlib", "xml", "html", "decimal",
+                "zlib", "xml", "html", "decimal", "heapq",
                 "gatekeeper.core", "gatekeeper.errors"}
 CORE_FORBIDDEN = {"asyncio", "socket", "aiohttp", "yaml", "time", "os", "structlog",
                   "prometheus_client", "pathlib", "importlib"}
