@@ -47,9 +47,10 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from gatekeeper.core.catalog import Catalog, Kind, Purpose
+from gatekeeper.core.catalog import UNDECLARED_BOT, UNKNOWN, Catalog
+from gatekeeper.core.evaluate import can_match
 from gatekeeper.core.facts import Identity
-from gatekeeper.core.model import Match, Policy, RateLimit, RequireLicense, Rule
+from gatekeeper.core.model import Policy, RateLimit, RequireLicense, Rule
 from gatekeeper.edge.admin import status_routes
 from gatekeeper.errors import SettingsError
 from gatekeeper.observe import logging as gk_logging
@@ -123,19 +124,10 @@ def _scoring_undeclared_bots(rules: list[Rule]) -> list[str]:
     """The rules that treat an undeclared bot differently from a client claiming
     nothing, so whose outcome the behaviour score changes: behaviour scoring turns an
     `unknown` client (no crawler, no purpose) into an `undeclared-bot` one."""
+    # Conditions on the request aside: the request is the same either way.
     return [r.name for r in rules
-            if _matches(r.match, Kind.UNDECLARED_BOT) != _matches(r.match, Kind.UNKNOWN)]
-
-
-def _matches(match: Match, kind: Kind) -> bool:
-    """Whether `match` can hold for a client of `kind` that names no crawler (the other
-    conditions aside: they read the request, which is the same either way)."""
-    if match.crawlers is not None or match.operators is not None:
-        return False
-    if match.kinds is not None and kind.value not in match.kinds:
-        return False
-    purpose = Purpose.UNDECLARED_BOT if kind is Kind.UNDECLARED_BOT else None
-    return match.purposes is None or (purpose is not None and purpose in match.purposes)
+            if can_match(r.match, UNDECLARED_BOT, Identity.UNKNOWN)
+            != can_match(r.match, UNKNOWN, Identity.UNKNOWN)]
 
 
 def _trusting_signatures(settings: Settings, rules: list[Rule]) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from gatekeeper.core.catalog import Classification
@@ -88,6 +88,25 @@ def matches(
         elif not h.present or (h.value is not None and not h.value.match(value)):
             return False
     return True
+
+
+# Stands for every request in `can_match`, whose match has no request conditions left.
+_ANY_REQUEST = RequestFacts("GET", "", "/", "", {}, "", 0.0)
+
+
+def on_any_request(m: Match) -> bool:
+    """Whether `m` sets no condition on the request itself (method, host, path,
+    headers, robots.txt), only on who sends it."""
+    return (m.methods is None and m.hosts is None and m.paths is None and not m.headers
+            and m.robots_disallowed is None)
+
+
+def can_match(m: Match, cls: Classification, identity: Identity) -> bool:
+    """Whether `m` holds for some request of a client classified `cls` with
+    `identity`: its conditions on the request itself set aside."""
+    loose = replace(m, methods=None, hosts=None, paths=None, headers=(),
+                    robots_disallowed=None)
+    return matches(loose, _ANY_REQUEST, cls, identity)
 
 
 def select(

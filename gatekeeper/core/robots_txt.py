@@ -39,14 +39,14 @@ from __future__ import annotations
 import heapq
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final
 
-from gatekeeper.core.catalog import Classification, Kind
+from gatekeeper.core.catalog import OTHER_BOT, UNDECLARED_BOT, UNKNOWN, Classification
 from gatekeeper.core.declarations import ROOT, Group, Plan, representative
-from gatekeeper.core.evaluate import matches
-from gatekeeper.core.facts import Identity, RequestFacts
-from gatekeeper.core.model import Match, Policy, Rule
+from gatekeeper.core.evaluate import can_match, on_any_request
+from gatekeeper.core.facts import Identity
+from gatekeeper.core.model import Policy, Rule
 from gatekeeper.core.robots import PARSE_LIMIT, PatternSet
 from gatekeeper.core.stance import verdict_of
 
@@ -58,9 +58,7 @@ _HEADER: Final = ("# robots.txt served by Gatekeeper: the site's own rules and t
                   "its access policy\n# declares. See the licence terms for licensed use.\n")
 _USAGE_NAMES: Final = {"content-usage": "Content-Usage", "content-signal": "Content-Signal"}
 # Clients outside the catalog: they read the `*` group, which states no refusal.
-_OUTSIDE: Final = (Classification(Kind.OTHER_BOT), Classification(Kind.UNDECLARED_BOT),
-                   Classification(Kind.UNKNOWN))
-_ANY_REQUEST: Final = RequestFacts("GET", "", ROOT, "", {}, "", 0.0)
+_OUTSIDE: Final = (OTHER_BOT, UNDECLARED_BOT, UNKNOWN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,19 +348,10 @@ def _refusals(rules: Iterable[Rule], cls: Classification,
               refusing: dict[str, list[str]]) -> bool:
     """Record the refusing rules `cls` can reach; whether it can get past them all."""
     for rule in rules:
-        loose = replace(rule.match, paths=None, hosts=None, methods=None, headers=(),
-                        robots_disallowed=None)
-        if not matches(loose, _ANY_REQUEST, cls, Identity.UNKNOWN):
+        if not can_match(rule.match, cls, Identity.UNKNOWN):
             continue
         if verdict_of(rule.action).refused:
             refusing.setdefault(rule.name, []).append(cls.kind.value)
-        if _everywhere(rule.match):
+        if on_any_request(rule.match):
             return False
     return True
-
-
-def _everywhere(match: Match) -> bool:
-    """Matches on every path and host, whatever the request carries (given that the
-    client's kind and identity match)."""
-    return (match.paths is None and match.hosts is None and match.methods is None
-            and not match.headers and match.robots_disallowed is None)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -134,10 +134,8 @@ class Activity:
         licensees: dict[str, set[str]] = {}
         browsers = refused = 0
         per_minute = []
-        for age in range(self._minutes - 1, -1, -1):
-            minute = current - age
-            bucket = self._ring[minute % self._minutes]
-            if bucket.minute != minute:
+        for minute, bucket in self._window(current):
+            if bucket is None:
                 per_minute.append({"minute": minute * 60, "browsers": 0, "crawlers": 0,
                                    "refused": 0})
                 continue
@@ -192,10 +190,17 @@ class Activity:
         """Who took `path` in the window; asked for the top paths only, so a snapshot
         never builds a set of names for every path of the hour."""
         names: set[str] = set()
-        for bucket in self._ring:
-            if current - self._minutes < bucket.minute <= current:
+        for _, bucket in self._window(current):
+            if bucket is not None:
                 names.update(bucket.path_crawlers.get(path, ()))
         return sorted(names)
+
+    def _window(self, current: int) -> Iterator[tuple[int, _Minute | None]]:
+        """Each minute of the window ending at `current`, oldest first, with its
+        bucket, or None when the bucket holds an older minute (nothing was seen)."""
+        for minute in range(current - self._minutes + 1, current + 1):
+            bucket = self._ring[minute % self._minutes]
+            yield minute, bucket if bucket.minute == minute else None
 
     def _bucket(self, now: float) -> _Minute:
         minute = int(now // 60)

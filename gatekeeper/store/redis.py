@@ -322,14 +322,12 @@ class RedisStore:
                 f"redis store at {self._where}: {what} not tried: {reason}") from cause
         probe = self._pause.start()
         started = self._pause.now()
-        settled = False
         try:
             async with asyncio.timeout(self._timeout):
                 yield
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             # Down, or too slow to count as up: refused, connection lost, or no answer in
             # time (OSError includes asyncio.timeout's TimeoutError).
-            settled = True
             timed_out = isinstance(exc, TimeoutError | RedisTimeoutError)
             reason = (f"no answer within {self._timeout:g} s" if timed_out
                       else str(exc) or type(exc).__name__)
@@ -342,19 +340,18 @@ class RedisStore:
         except RedisError as exc:
             # An error reply is an answer: the server is up, so nothing is paused. Any
             # other error (one the client raised itself) says nothing about the server.
-            settled = True
             if isinstance(exc, ResponseError):
                 self._pause.answered(probe)
             else:
                 self._pause.abandoned(probe)
             raise StoreUnavailable(
                 f"redis store at {self._where}: {what} failed: {exc}") from exc
+        except BaseException:
+            # Cancelled (or the caller's own error) before an outcome.
+            self._pause.abandoned(probe)
+            raise
         else:
-            settled = True
             self._pause.answered(probe)
-        finally:
-            if not settled:
-                self._pause.abandoned(probe)
 
     async def take(self, key: str, rate: float, burst: int, now: float) -> LimitResult:
         async with self._guard("take"):
